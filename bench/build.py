@@ -1,0 +1,131 @@
+#!/usr/bin/env python3
+"""Build benchmark: the pipeline against the bare tools, side by side in one run.
+
+    python3 bench/build.py [--recipe recipes/trixie.yaml] [--keep]
+
+(a) floor: plain mmdebstrap of the recipe's packages plus the first flavour's
+    kernel, then mkinitramfs and mkfs.ext4 -- no pipeline around them;
+(b) cold ``doit build`` of the first flavour's triple in an empty project;
+(c) no-op rebuild;
+(d) rebuild after changing one overlay file;
+(e) adding the recipe's second flavour.
+
+Prints each time and the ratios against the goals.  Work happens under
+out/bench/ (removed first; kept afterwards with --keep).  Needs root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(PROJECT))
+
+import yaml  # noqa: E402
+
+from pipeline import chroot, ext4, runner  # noqa: E402
+from pipeline.fsutil import remove_tree  # noqa: E402
+from pipeline.recipe import load_recipe  # noqa: E402
+
+GOALS = {"cold / floor": 1.2, "overlay-only / cold": 0.15, "second flavour / cold": 0.40}
+
+DODO = '''\
+import sys
+sys.path.insert(0, {project!r})
+from pipeline import tasks
+tasks.configure(project={here!r})
+from pipeline.tasks import *  # noqa: F401,F403
+'''
+
+
+def timed(label: str, func) -> float:
+    print(f"--- {label}", flush=True)
+    start = time.monotonic()
+    func()
+    seconds = time.monotonic() - start
+    print(f"--- {label}: {seconds:.1f} s", flush=True)
+    return seconds
+
+
+def floor(recipe, work: Path) -> None:
+    tree = work / "floor"
+    flavour = recipe.kernel_flavours[0]
+    env = {"SOURCE_DATE_EPOCH": str(recipe.source_date_epoch), "INITRD": "No"}
+    runner.run(["mmdebstrap", "--mode=root", "--variant=apt",
+                "--include=" + ",".join([*recipe.packages, f"linux-image-{flavour}"]),
+                recipe.suite, str(tree), recipe.mirror], env=env)
+    release = sorted(p.name for p in (tree / "usr/lib/modules").iterdir())[0]
+    with chroot.mounted(tree):
+        chroot.run(tree, ["mkinitramfs", "-o", "/boot/initrd.img-" + release, release], env=env)
+    image = work / "floor.ext4"
+    with open(image, "wb") as handle:
+        handle.truncate(ext4.image_size(ext4.content_bytes(tree), 20, 128))
+    runner.run(["mkfs.ext4", "-q", "-F", "-L", "floor", "-d", str(tree), str(image)])
+
+
+def make_project(recipe_path: Path, project: Path, flavours: list[str]) -> None:
+    (project / "recipes").mkdir(parents=True, exist_ok=True)
+    data = yaml.safe_load(recipe_path.read_text())
+    data["kernel_flavours"] = flavours
+    (project / "recipes" / recipe_path.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    if not (project / "overlays").exists():
+        shutil.copytree(PROJECT / "overlays", project / "overlays", symlinks=True)
+    for name in ("open-iscsi-boot",):
+        if (PROJECT / name).exists() and not (project / name).exists():
+            (project / name).symlink_to(PROJECT / name)
+    (project / "dodo.py").write_text(DODO.format(project=str(PROJECT), here=str(project)))
+
+
+def doit(project: Path, *args: str) -> None:
+    runner.run(["doit", *args], cwd=project)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--recipe", type=Path, default=PROJECT / "recipes" / "trixie.yaml")
+    parser.add_argument("--keep", action="store_true", help="keep out/bench/ afterwards")
+    args = parser.parse_args()
+    recipe = load_recipe(args.recipe, PROJECT / "overlays")
+    if len(recipe.kernel_flavours) < 2:
+        parser.error(f"{args.recipe}: needs two kernel flavours for (e)")
+    first, second = recipe.kernel_flavours[:2]
+    work = PROJECT / "out" / "bench"
+    remove_tree(work)
+    work.mkdir(parents=True)
+    project = work / "project"
+    make_project(args.recipe, project, [first])
+
+    times = {}
+    times["floor"] = timed("(a) floor: mmdebstrap + mkinitramfs + mkfs", lambda: floor(recipe, work))
+    times["cold"] = timed(f"(b) cold doit build ({first})", lambda: doit(project, "build"))
+    times["no-op"] = timed("(c) no-op rebuild", lambda: doit(project, "build"))
+    overlay_file = next(p for p in sorted((project / "overlays").rglob("*"))
+                        if p.is_file() and not p.is_symlink())
+    overlay_file.write_text(overlay_file.read_text() + "# benchmark change\n")
+    times["overlay"] = timed(f"(d) rebuild after changing {overlay_file.relative_to(project)}",
+                             lambda: doit(project, "build"))
+    make_project(args.recipe, project, [first, second])
+    times["second"] = timed(f"(e) add second flavour ({second})", lambda: doit(project, "build"))
+
+    ratios = {"cold / floor": times["cold"] / times["floor"],
+              "overlay-only / cold": times["overlay"] / times["cold"],
+              "second flavour / cold": times["second"] / times["cold"]}
+    print("\nresults")
+    for name, seconds in times.items():
+        print(f"  {name:<10} {seconds:7.1f} s")
+    print(f"  {'no-op':<10} goal <= 2 s: {'met' if times['no-op'] <= 2 else 'NOT met'}")
+    for name, ratio in ratios.items():
+        goal = GOALS[name]
+        print(f"  {name:<22} {ratio:5.2f}  goal <= {goal:.2f}: {'met' if ratio <= goal else 'NOT met'}")
+    if not args.keep:
+        remove_tree(work)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The root image: ext4 from a tree, by LABEL, sized to its content.
+
+The file is created sparse (truncate, then ``mkfs.ext4 -d``), so unused
+space costs nothing on disk.  Its UUID and directory hash seed are derived
+from the triple's identity, not random; each machine's clone gets its own
+UUID when it is made.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import uuid
+from pathlib import Path
+
+from . import runner
+
+MIB = 1 << 20
+BLOCK = 4096
+# ext4 metadata (inode tables at the default ratio, bitmaps, descriptors)
+# plus the 5 % reserved for root: a share of the file-system size.
+METADATA_SHARE = 0.03 + 0.05
+JOURNAL = 64 * MIB
+
+# A fixed namespace for the UUIDs we derive.
+NAMESPACE = uuid.UUID("6f1b8d0e-3c4e-4f0e-9a55-2f0b6c1d7a10")
+
+
+def content_bytes(tree: Path) -> int:
+    """Space the tree's files and directories take in 4 KiB blocks."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(tree):
+        total += BLOCK
+        for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            st = os.lstat(os.path.join(dirpath, name))
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                continue
+            seen.add(key)
+            total += math.ceil(st.st_size / BLOCK) * BLOCK + 256
+    return total
+
+
+def image_size(content: int, headroom_percent: int, headroom_mib: int) -> int:
+    """Image size for ``content`` bytes, rounded up to whole MiB."""
+    needed = (content + JOURNAL) / (1 - METADATA_SHARE)
+    size = needed * (1 + headroom_percent / 100) + headroom_mib * MIB
+    return math.ceil(size / MIB) * MIB
+
+
+def derived_uuid(*parts: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, "\0".join(parts)))
+
+
+def make_image(tree: Path, dest: Path, *, label: str, fs_uuid: str, hash_seed: str,
+               headroom_percent: int, headroom_mib: int, source_date_epoch: int) -> int:
+    """Write ``tree`` as an ext4 image at ``dest`` (which must not be in use)."""
+    size = image_size(content_bytes(tree), headroom_percent, headroom_mib)
+    if dest.exists():
+        dest.unlink()
+    with open(dest, "wb") as handle:
+        handle.truncate(size)
+    env = {"SOURCE_DATE_EPOCH": str(source_date_epoch),
+           "E2FSPROGS_FAKE_TIME": str(source_date_epoch)}
+    runner.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", label, "-U", fs_uuid,
+                "-E", f"hash_seed={hash_seed}", "-d", str(tree), str(dest)], env=env)
+    return size
+
+
+def fs_uuid(image: Path) -> str:
+    text = runner.output(["dumpe2fs", "-h", str(image)])
+    for line in text.splitlines():
+        if line.startswith("Filesystem UUID:"):
+            return line.split(":", 1)[1].strip()
+    raise ValueError(f"{image}: no UUID in dumpe2fs output")
+
+
+def fs_label(image: Path) -> str:
+    text = runner.output(["dumpe2fs", "-h", str(image)])
+    for line in text.splitlines():
+        if line.startswith("Filesystem volume name:"):
+            return line.split(":", 1)[1].strip()
+    return ""
+
+
+def list_dir(image: Path, path: str) -> list[str]:
+    """Names in a directory of the image (without mounting it)."""
+    text = runner.output(["debugfs", "-R", f"ls -p {path}", str(image)])
+    names = []
+    for line in text.splitlines():
+        fields = line.strip().strip("/").split("/")
+        if len(fields) >= 5 and fields[4] not in (".", ".."):
+            names.append(fields[4])
+    return names
+
+
+def extract(image: Path, paths: list[str], dest: Path) -> None:
+    """Copy directories out of the image (regular files and folders)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    present = set(list_dir(image, "/"))
+    wanted = [p for p in paths if p.strip("/").split("/")[0] in present]
+    if wanted:
+        runner.run(["debugfs", "-R", "rdump " + " ".join(wanted) + f" {dest}", str(image)])

@@ -1,0 +1,60 @@
+"""Step 2: one kernel flavour installed into a copy of the base tree.
+
+The kernel's own initramfs run is switched off (``INITRD=No``): the
+initramfs is made later, once, after the boot package is in and the tree is
+stripped, so no hook can copy per-machine state into it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from . import chroot
+from .errors import PipelineError
+from .fsutil import commit, copy_tree, fresh_partial
+from .naming import check_release
+
+
+def package(flavour: str) -> str:
+    return f"linux-image-{flavour}"
+
+
+def module_releases(tree: Path) -> list[str]:
+    """Kernel releases that have a module directory in ``tree``."""
+    found: set[str] = set()
+    for base in ("usr/lib/modules", "lib/modules"):
+        directory = tree / base
+        if directory.is_dir():
+            found.update(name for name in os.listdir(directory) if (directory / name).is_dir())
+    return sorted(found)
+
+
+def installed_release(tree: Path) -> str:
+    """The one kernel release installed in ``tree`` (vmlinuz and modules)."""
+    releases = module_releases(tree)
+    if len(releases) != 1:
+        raise PipelineError(f"{tree}: expected exactly one kernel in /lib/modules, found: "
+                            + (", ".join(releases) or "none"))
+    release = check_release(releases[0])
+    if not (tree / "boot" / f"vmlinuz-{release}").is_file():
+        raise PipelineError(f"{tree}: /boot/vmlinuz-{release} is missing")
+    return release
+
+
+def install_kernel(base: Path, dest: Path, flavour: str, source_date_epoch: int) -> str:
+    """Copy ``base`` to ``dest`` and install the flavour's kernel; return its release."""
+    tmp = fresh_partial(dest)
+    copy_tree(base, tmp)
+    env = {"DEBIAN_FRONTEND": "noninteractive", "INITRD": "No",
+           "SOURCE_DATE_EPOCH": str(source_date_epoch)}
+    with chroot.mounted(tmp):
+        lists = tmp / "var/lib/apt/lists"
+        if not any(p.name.endswith("_Packages") for p in lists.glob("*")):
+            chroot.run(tmp, ["apt-get", "update"], env=env, echo=True)
+        chroot.run(tmp, ["apt-get", "install", "-y", "--no-install-recommends",
+                         "-o", "Dpkg::Use-Pty=0", package(flavour)], env=env, echo=True)
+        chroot.run(tmp, ["apt-get", "clean"], env=env)
+    release = installed_release(tmp)
+    commit(tmp, dest)
+    return release

@@ -1,0 +1,305 @@
+"""The doit task graph.  This is the only module that imports doit.
+
+Per recipe: ``bootstrap:<image>``.  Per recipe and kernel flavour
+(``<image>-<flavour>``): ``kernel:``, ``rootfs:`` and ``build:``; plus
+``build:<image>`` for all flavours of one recipe.  ``doit build`` builds every
+triple of every recipe.
+
+Another project can use these task creators in its own ``dodo.py``::
+
+    from pipeline import tasks
+    tasks.configure(project="/srv/images", out="/srv/images/out")
+    from pipeline.tasks import *  # noqa: F401,F403  (DOIT_CONFIG and task_*)
+
+Each task's identity is what determines its output: the recipe fields it
+uses, the digest of the step's own code, and the stamp of the step before it.
+Stamps are small JSON files beside the big trees, so doit never hashes a
+multi-GB file on a no-op run.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from doit.exceptions import TaskFailed
+from doit.tools import config_changed
+
+from . import bootstrap, kernel, package, rootfs, runner, triple
+from .errors import ConfigError, PipelineError
+from .fsutil import read_json, remove_tree, sha256_file, write_json
+from .naming import Layout, task_name
+from .recipe import Recipe, load_recipes
+
+__all__ = ["DOIT_CONFIG", "task_preflight", "task_package", "task_bootstrap", "task_kernel",
+           "task_rootfs", "task_build"]
+
+# Host tools every build needs (the bootstrapper is checked per recipe).
+HOST_TOOLS = ["mkfs.ext4", "debugfs", "dumpe2fs", "zstd", "chroot",
+              "mount", "umount", "cp", "dpkg-query"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    project: Path
+    out: Path
+
+    @property
+    def recipes(self) -> Path:
+        return self.project / "recipes"
+
+    @property
+    def overlays(self) -> Path:
+        return self.project / "overlays"
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(self.out)
+
+
+SETTINGS = Settings(project=Path.cwd(), out=Path.cwd() / "out")
+
+DOIT_CONFIG = {
+    "default_tasks": ["build"],
+    "dep_file": str(SETTINGS.layout.doit_db),
+    "backend": "json",
+    "verbosity": 2,
+}
+
+
+def configure(project: str | os.PathLike[str] | None = None,
+              out: str | os.PathLike[str] | None = None) -> None:
+    """Point the task creators at another project folder or output folder."""
+    global SETTINGS
+    project_path = Path(project).resolve() if project else SETTINGS.project
+    out_path = Path(out).resolve() if out else project_path / "out"
+    SETTINGS = replace(SETTINGS, project=project_path, out=out_path)
+    DOIT_CONFIG["dep_file"] = str(SETTINGS.layout.doit_db)
+    load.cache_clear()
+
+
+@functools.cache
+def load() -> tuple[Recipe, ...]:
+    """Parse every recipe once; on any problem, report all and stop before work."""
+    try:
+        recipes = load_recipes(SETTINGS.recipes, SETTINGS.overlays)
+    except ConfigError as exc:
+        print("error: bad recipe(s), nothing was built:", file=sys.stderr)
+        for problem in exc.problems:
+            print("  " + problem, file=sys.stderr)
+        raise SystemExit(2) from None
+    SETTINGS.out.mkdir(parents=True, exist_ok=True)
+    return tuple(recipes)
+
+
+def code_digest(*modules: str) -> str:
+    """Digest of the source of the modules that implement a step."""
+    digest = hashlib.sha256()
+    here = Path(__file__).parent
+    for name in modules:
+        digest.update((here / f"{name}.py").read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str:
+    return sha256_file(path)[:16] if path.exists() else "missing"
+
+
+def guarded(label: str, func, *args) -> TaskFailed | None:
+    """Run one step: print start/end, turn user errors into a clean failure."""
+    try:
+        with runner.step(label):
+            func(*args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return TaskFailed(str(exc))
+    return None
+
+
+def overlay_files(recipe: Recipe) -> list[str]:
+    files = []
+    for name in recipe.overlays:
+        for dirpath, dirnames, filenames in os.walk(SETTINGS.overlays / name):
+            dirnames.sort()
+            files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
+    return files
+
+
+# -- step actions (module-level so that `doit -n 2` can pickle them) --------
+
+def do_bootstrap(recipe: Recipe, layout: Layout) -> None:
+    base = layout.base_tree(recipe.image)
+    bootstrap.bootstrap(recipe, base)
+    write_json(layout.base_stamp(recipe.image), {
+        "identity": recipe.bootstrap_identity(),
+        "dpkg_status": bootstrap.dpkg_status_digest(base)})
+
+
+def do_kernel(recipe: Recipe, flavour: str, layout: Layout) -> None:
+    tree = layout.kernel_tree(recipe.image, flavour)
+    release = kernel.install_kernel(layout.base_tree(recipe.image), tree, flavour,
+                                    recipe.source_date_epoch)
+    write_json(layout.kernel_stamp(recipe.image, flavour), {
+        "base": file_digest(layout.base_stamp(recipe.image)), "flavour": flavour,
+        "release": release, "dpkg_status": bootstrap.dpkg_status_digest(tree)})
+
+
+def inputs_digest(identity: str, files: list[str]) -> str:
+    """Digest of a step's identity and the content of its input files.
+
+    It goes into the step's stamp, so that the next step re-runs whenever
+    this one's inputs changed, even when the tree's package set did not.
+    """
+    digest = hashlib.sha256(identity.encode())
+    for path in files:
+        digest.update(path.encode() + b"\0" + sha256_file(Path(path)).encode())
+    return digest.hexdigest()
+
+
+def do_rootfs(recipe: Recipe, flavour: str, layout: Layout, debs: list[Path],
+              identity: str, files: list[str]) -> None:
+    stamp = layout.kernel_stamp(recipe.image, flavour)
+    release = read_json(stamp)["release"]
+    tree = layout.root_tree(recipe.image, flavour)
+    overlays = [SETTINGS.overlays / name for name in recipe.overlays]
+    removed = rootfs.make_root(layout.kernel_tree(recipe.image, flavour), tree, recipe,
+                               release, overlays, debs)
+    write_json(layout.root_stamp(recipe.image, flavour), {
+        "kernel": file_digest(stamp), "release": release, "stripped": removed,
+        "inputs": inputs_digest(identity, [*files, *map(str, debs)]),
+        "dpkg_status": bootstrap.dpkg_status_digest(tree)})
+
+
+def do_build(recipe: Recipe, flavour: str, layout: Layout) -> None:
+    stamp = layout.root_stamp(recipe.image, flavour)
+    release = read_json(stamp)["release"]
+    made = triple.assemble(recipe, flavour, release, layout.root_tree(recipe.image, flavour),
+                           layout)
+    print(f"    triple: {made.directory}/{made.stem}.{{vmlinuz,initrd.img,root.ext4,manifest.json}}")
+    write_json(layout.triple_stamp(recipe.image, flavour), {
+        "rootfs": file_digest(stamp), "release": release,
+        "files": {p.name: p.stat().st_size for p in [*made.parts().values(), made.manifest]}})
+
+
+def triple_present(stamp: str) -> bool:
+    """doit uptodate check: the files a build stamp lists are all there.
+
+    Only names and sizes are compared: hashing multi-GB files on every run
+    is what the manifest (and ``python3 -m pipeline verify``) is for.
+    """
+    path = Path(stamp)
+    if not path.exists():
+        return False
+    files = read_json(path)["files"]
+    for name, size in files.items():
+        artifact = SETTINGS.layout.triples / name
+        if not artifact.exists() or artifact.stat().st_size != size:
+            return False
+    return True
+
+
+def do_clean(paths: list[Path]) -> None:
+    for path in paths:
+        remove_tree(path)
+
+
+# -- task creators ----------------------------------------------------------
+
+def task_preflight():
+    """Check that the host has every tool the build needs."""
+    tools = sorted(set(HOST_TOOLS) | {r.bootstrapper for r in load()})
+    return {"actions": [(guarded, ["preflight", runner.require_tools, tools])],
+            "uptodate": [False], "verbosity": 1}
+
+
+def task_package():
+    """Build the injected Debian packages (open-iscsi-boot) from source."""
+    for source in package.sources(SETTINGS.project):
+        deb = package.deb_path(SETTINGS.layout, source)
+        yield {"name": source.name,
+               "actions": [(guarded, [f"package {source.name}", package.build, source, deb])],
+               "file_dep": package.source_files(source),
+               "targets": [str(deb)],
+               "uptodate": [config_changed(code_digest("package"))],
+               "clean": [(do_clean, [[deb]])]}
+
+
+def task_bootstrap():
+    """Bootstrap each recipe's shared base tree (no kernel)."""
+    layout = SETTINGS.layout
+    for recipe in load():
+        identity = json.dumps(recipe.bootstrap_identity(), sort_keys=True)
+        yield {"name": recipe.image,
+               "actions": [(guarded, [f"bootstrap {recipe.image}", do_bootstrap, recipe, layout])],
+               "targets": [str(layout.base_stamp(recipe.image))],
+               "uptodate": [config_changed(identity + code_digest("bootstrap"))],
+               "task_dep": ["preflight"],
+               "clean": [(do_clean, [[layout.base_tree(recipe.image),
+                                      layout.base_stamp(recipe.image)]])]}
+
+
+def task_kernel():
+    """Install each kernel flavour into a copy of its recipe's base."""
+    layout = SETTINGS.layout
+    for recipe in load():
+        for flavour in recipe.kernel_flavours:
+            name = task_name(recipe.image, flavour)
+            yield {"name": name,
+                   "actions": [(guarded, [f"kernel {name}", do_kernel, recipe, flavour, layout])],
+                   "file_dep": [str(layout.base_stamp(recipe.image))],
+                   "targets": [str(layout.kernel_stamp(recipe.image, flavour))],
+                   "uptodate": [config_changed(flavour + code_digest("kernel"))],
+                   "clean": [(do_clean, [[layout.kernel_tree(recipe.image, flavour),
+                                          layout.kernel_stamp(recipe.image, flavour)]])]}
+
+
+def task_rootfs():
+    """Overlays, boot package, strip, first boot, initramfs: the root tree."""
+    layout = SETTINGS.layout
+    debs = [package.deb_path(layout, s) for s in package.sources(SETTINGS.project)]
+    for recipe in load():
+        files = overlay_files(recipe)
+        identity = json.dumps({
+            "overlays": recipe.overlays, "files": files, "label": recipe.root_image.label,
+            "initramfs": [recipe.initramfs.compression, recipe.initramfs.modules],
+            "epoch": recipe.source_date_epoch,
+            "code": code_digest("rootfs", "generic", "chroot")}, sort_keys=True)
+        for flavour in recipe.kernel_flavours:
+            name = task_name(recipe.image, flavour)
+            yield {"name": name,
+                   "actions": [(guarded, [f"rootfs {name}", do_rootfs, recipe, flavour, layout,
+                                          debs, identity, files])],
+                   "file_dep": [str(layout.kernel_stamp(recipe.image, flavour)), *files,
+                                *map(str, debs)],
+                   "targets": [str(layout.root_stamp(recipe.image, flavour))],
+                   "uptodate": [config_changed(identity)],
+                   "clean": [(do_clean, [[layout.root_tree(recipe.image, flavour),
+                                          layout.root_stamp(recipe.image, flavour)]])]}
+
+
+def task_build():
+    """Assemble, fit-check, audit and name every triple."""
+    layout = SETTINGS.layout
+    for recipe in load():
+        identity = json.dumps({
+            "recipe": recipe.digest,
+            "code": code_digest("triple", "ext4", "fit", "audit", "generic", "manifest",
+                                "naming")}, sort_keys=True)
+        names = []
+        for flavour in recipe.kernel_flavours:
+            name = task_name(recipe.image, flavour)
+            names.append(f"build:{name}")
+            stamp = layout.triple_stamp(recipe.image, flavour)
+            yield {"name": name,
+                   "actions": [(guarded, [f"build {name}", do_build, recipe, flavour, layout])],
+                   "file_dep": [str(layout.root_stamp(recipe.image, flavour))],
+                   "targets": [str(stamp)],
+                   "uptodate": [config_changed(identity), (triple_present, [str(stamp)])],
+                   "clean": [(do_clean, [[stamp]])]}
+        yield {"name": recipe.image, "actions": None, "task_dep": names,
+               "doc": f"every triple of recipe {recipe.image}"}
