@@ -81,7 +81,7 @@ def make_project(recipe_path: Path, project: Path, flavours: list[str]) -> None:
 
 
 def doit(project: Path, *args: str) -> None:
-    runner.run(["doit", *args], cwd=project)
+    runner.run([sys.executable, "-m", "doit", *args], cwd=project)
 
 
 def main() -> int:
