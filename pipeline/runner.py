@@ -220,3 +220,51 @@ def tool_version(argv: Sequence[str]) -> str:
         if line.strip():
             return line.strip()
     return "unknown"
+
+
+class Background:
+    """A long-running tool (dnsmasq, tgtd, qemu) started by us, output to a log.
+
+    It runs in its own session so that stopping it reaches its children too,
+    and it is stopped by its own process id, never by name.
+    """
+
+    def __init__(self, argv: Sequence[str | os.PathLike[str]], log: os.PathLike[str],
+                 *, env: Mapping[str, str] | None = None) -> None:
+        self.argv = [os.fspath(a) for a in argv]
+        if shutil.which(self.argv[0], path=PATH) is None and not os.path.isabs(self.argv[0]):
+            raise missing_tool(self.argv[0])
+        self.log = log
+        with open(log, "ab") as handle:
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=handle,
+                                         stderr=subprocess.STDOUT, env=clean_env(env),
+                                         start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float) -> int | None:
+        """Exit status, or None if still running after ``timeout`` seconds."""
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, grace: float = 5.0) -> None:
+        """SIGTERM its process group, then SIGKILL what is left after ``grace``."""
+        if self.proc.poll() is None:
+            for sig in (15, 9):
+                try:
+                    os.killpg(self.proc.pid, sig)
+                except ProcessLookupError:
+                    break
+                try:
+                    self.proc.wait(timeout=grace)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+        self.proc.wait()

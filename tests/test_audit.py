@@ -18,7 +18,7 @@ PEM = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY--
 
 CLEAN_ROOT = {
     "etc/fstab": "# generic\nLABEL=x / ext4 defaults 0 1\n",
-    "etc/machine-id": "uninitialized\n",
+    "etc/machine-id": "",
     "etc/hosts": "127.0.0.1 localhost\n",
     "etc/ssh/sshd_config": "PermitRootLogin no\n",
     "var/log/empty.log": "",

@@ -82,7 +82,7 @@ def clean(tmp_path) -> Path:
     root = tmp_path / "clean"
     populate(root, GENERIC)
     populate(root, {
-        "etc/machine-id": "uninitialized\n",
+        "etc/machine-id": "",
         "etc/multipath/wwids": "# Multipath wwids, Version : 1.0\n\n#   # comment\n",
         "etc/multipath/bindings": "# Format:\n# alias wwid\n",
         "run/systemd/resolve/stub-resolv.conf": "nameserver 127.0.0.53\n",
@@ -159,7 +159,7 @@ def test_strip_removes_machine_state(dirty):
     for rel in MACHINE:
         if rel != "etc/machine-id":
             assert not os.path.lexists(dirty / rel), rel
-    assert (dirty / "etc/machine-id").read_text() == "uninitialized\n"
+    assert (dirty / "etc/machine-id").read_text() == ""
     assert generic.violations(dirty) == []
 
 
@@ -189,7 +189,7 @@ def test_strip_writes_machine_id_when_missing(clean):
     (clean / "etc/machine-id").unlink()
     generic.strip(clean)
     assert (clean / "etc/machine-id").read_text() == generic.MACHINE_ID_GENERIC
-    assert generic.MACHINE_ID_GENERIC == "uninitialized\n"
+    assert generic.MACHINE_ID_GENERIC == ""
 
 
 def test_strip_writes_generic_hosts(dirty):
