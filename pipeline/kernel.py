@@ -42,6 +42,26 @@ def installed_release(tree: Path) -> str:
     return release
 
 
+# What ``apt-get clean`` removes: downloaded packages, partial downloads and
+# apt's binary caches of the package lists.
+APT_CACHES = ("var/cache/apt/archives/*.deb", "var/cache/apt/archives/partial/*",
+              "var/cache/apt/*.bin")
+
+
+def drop_apt_caches(tree: Path) -> None:
+    """``apt-get clean`` without starting apt in a chroot.
+
+    The kernel tree is copied by every root step, so it should not carry the
+    kernel package it was installed from (tens of MB) nor apt's caches (about
+    90 MB); the strip would remove them too (generic.RULES), but only after
+    that copy.
+    """
+    for pattern in APT_CACHES:
+        for path in tree.glob(pattern):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+
+
 def install_kernel(base: Path, dest: Path, flavour: str, source_date_epoch: int) -> str:
     """Copy ``base`` to ``dest`` and install the flavour's kernel; return its release."""
     tmp = fresh_partial(dest)
@@ -54,7 +74,7 @@ def install_kernel(base: Path, dest: Path, flavour: str, source_date_epoch: int)
             chroot.run(tmp, ["apt-get", "update"], env=env, echo=True)
         chroot.run(tmp, ["apt-get", "install", "-y", "--no-install-recommends",
                          "-o", "Dpkg::Use-Pty=0", package(flavour)], env=env, echo=True)
-        chroot.run(tmp, ["apt-get", "clean"], env=env)
+    drop_apt_caches(tmp)
     release = installed_release(tmp)
     commit(tmp, dest)
     return release

@@ -28,6 +28,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,38 @@ while IFS= read -r line; do
 done
 """
 
+# Test-only workload: write, sync, drop caches, read back, compare, in a
+# loop until stopped; one line per round in /root/lab-io.log.
+LAB_IO = """#!/bin/sh
+case "$1" in
+start)
+    rm -f /run/lab-io.stop /root/lab-io.log
+    (
+        i=0
+        while [ ! -e /run/lab-io.stop ]; do
+            i=$((i + 1))
+            f=/root/lab-io.$((i % 4))
+            if ! dd if=/dev/urandom of="$f" bs=1M count=4 conv=fsync status=none; then
+                echo "FAIL write $i"; continue
+            fi
+            a=$(sha256sum <"$f")
+            echo 3 >/proc/sys/vm/drop_caches
+            b=$(sha256sum <"$f") || { echo "FAIL read $i"; continue; }
+            [ "$a" = "$b" ] && echo "ok $i" || echo "FAIL compare $i"
+        done
+    ) >/root/lab-io.log 2>&1 </dev/null &
+    ;;
+stop)
+    touch /run/lab-io.stop
+    sleep 3
+    echo "rounds $(grep -c '^ok' /root/lab-io.log) failures $(grep -c FAIL /root/lab-io.log)"
+    ;;
+count)
+    grep -c '^ok' /root/lab-io.log || true
+    ;;
+esac
+"""
+
 AGENT_UNIT = """[Unit]
 Description=Lab agent (test-only, in the lab's copy of the image)
 After=multi-user.target
@@ -87,11 +120,14 @@ def add_agent(image: Path, scratch: Path) -> None:
     unit = scratch / "lab-agent.service"
     agent.write_text(AGENT)
     unit.write_text(AGENT_UNIT)
+    (scratch / "lab-io").write_text(LAB_IO)
     commands = scratch / "debugfs.cmds"
     commands.write_text("\n".join([
         "mkdir /usr/local/sbin",
         f"write {agent} /usr/local/sbin/lab-agent",
         "set_inode_field /usr/local/sbin/lab-agent mode 0100755",
+        f"write {scratch / 'lab-io'} /usr/local/sbin/lab-io",
+        "set_inode_field /usr/local/sbin/lab-io mode 0100755",
         f"write {unit} /etc/systemd/system/lab-agent.service",
         "mkdir /etc/systemd/system/multi-user.target.wants",
         "symlink /etc/systemd/system/multi-user.target.wants/lab-agent.service "
@@ -195,7 +231,7 @@ class Guest:
         self._connect().sendall(f"{ident} {command}\n".encode())
         end = f"LAB-END {ident} ".encode()
         head = self._read_until(end, timeout)
-        status_line, _, self._buffer = self._buffer.partition(b"\n")
+        status_line = self._read_until(b"\n", timeout)  # may arrive after the marker
         prefix = f"LAB-OUT {ident} "
         lines = [line[len(prefix):] for line in head.decode(errors="replace").splitlines()
                  if line.startswith(prefix)]
@@ -234,6 +270,15 @@ class Guest:
         """Active paths of the root's multipath map, as the guest sees them."""
         out = self.check("multipath -ll 2>/dev/null | grep -c 'active ready' || true")
         return int(out.strip() or 0)
+
+    def wait_paths(self, count: int, timeout: float) -> float | None:
+        """Wait until the root has ``count`` active paths; return the seconds taken."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.paths() == count:
+                return time.monotonic() - start
+            time.sleep(2)
+        return None
 
     def poweroff(self, timeout: float = 60) -> float | None:
         """Ask for a clean poweroff; return its duration, or None on time-out."""
@@ -338,16 +383,37 @@ class Lab:
                 time.sleep(0.2)
 
     def close(self) -> None:
-        for guest in self.guests:
-            guest.close()
-        for proc in reversed(self.procs):
-            proc.stop()
-        self.procs.clear()
-        if self._ns_made:
-            runner.run(["ip", "netns", "del", self.ns], check=False)
-            self._ns_made = False
-        if self._own_work:
-            shutil.rmtree(self.work, ignore_errors=True)
+        """Stop everything the lab started and remove the namespace.
+
+        A second Ctrl-C must not cut this short, so SIGINT is ignored while
+        it runs; whatever is still inside the namespace at the end was
+        started by us and is killed by its process id before the
+        namespace goes.
+        """
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            for guest in self.guests:
+                guest.close()
+            for proc in reversed(self.procs):
+                proc.stop()
+            self.procs.clear()
+            if self._ns_made:
+                left = runner.run(["ip", "netns", "pids", self.ns], check=False).split()
+                for pid in left:
+                    if pid.isdigit():
+                        try:
+                            os.kill(int(pid), signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
+                runner.run(["ip", "netns", "del", self.ns], check=False)
+                self._ns_made = False
+            if self._own_work:
+                shutil.rmtree(self.work, ignore_errors=True)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
 
     # -- machines ------------------------------------------------------------
     def cmdline(self, extra: str = "") -> str:

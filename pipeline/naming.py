@@ -146,6 +146,18 @@ class Layout:
         """Which triple this flavour produced last (release and hashes)."""
         return self.flavour_dir(image, flavour) / "triple.json"
 
+    def initramfs_cache(self, image: str, flavour: str, key: str | None = None) -> Path:
+        """Initramfs files made earlier for this flavour, by the digest of their inputs.
+
+        Without ``key``: the folder that holds them; with it: the one file.
+        """
+        folder = self.flavour_dir(image, flavour) / "initramfs-cache"
+        if key is None:
+            return folder
+        if not re.fullmatch(r"[0-9a-f]{16,64}", key):
+            raise ValueError(f"not an initramfs cache key: {key!r}")
+        return folder / f"{key}.initrd.img"
+
     def triple(self, image: str, release: str) -> Triple:
         return Triple(self.triples, image, release)
 

@@ -3,7 +3,8 @@
 From a copy of the kernel tree: apply the recipe's overlays, install the
 injected boot packages, write the generic fstab and initramfs settings,
 strip per-machine state, install the first-boot units, and only then make
-the initramfs with the image's own initramfs-tools.
+the initramfs with the image's own initramfs-tools -- or put in the one made
+earlier from the same inputs (see :mod:`pipeline.initramfs_cache`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from . import chroot, generic
+from . import chroot, generic, initramfs_cache, runner
+from .errors import PipelineError
 from .fsutil import commit, copy_tree, fresh_partial
 from .recipe import Recipe
 
@@ -66,8 +68,82 @@ def initramfs_conf(recipe: Recipe) -> str:
             "FSTYPE=ext4\n")
 
 
+DEB_INBOX = "tmp/image-pipeline-debs"
+
+
+def package_name(deb: Path) -> str:
+    return runner.output(["dpkg-deb", "--field", str(deb), "Package"])
+
+
+def installed(tree: Path, name: str) -> bool:
+    status = runner.output(["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W",
+                            "-f", "${db:Status-Abbrev}", name], check=False)
+    return status.startswith("ii")
+
+
+def install_debs(tree: Path, debs: Sequence[Path], env: dict[str, str]) -> None:
+    """Install the injected packages: with dpkg alone when it can, apt only when it must.
+
+    apt-get spends a second or more reading the package lists before it hands
+    a local .deb to dpkg.  Their dependencies are normally in the recipe's
+    package list already, so ``dpkg -i`` does the same job.  When it cannot
+    (unmet dependencies) dpkg leaves the packages unpacked and fails;
+    ``apt-get install -f`` then fetches what is missing and configures them.
+    Either way every package must end up installed.
+    """
+    inbox = tree / DEB_INBOX
+    inbox.mkdir(parents=True, exist_ok=True)
+    for deb in debs:
+        shutil.copyfile(deb, inbox / deb.name)
+    try:
+        chroot.run(tree, ["dpkg", "-i", *[f"/{DEB_INBOX}/{deb.name}" for deb in debs]],
+                   env=env, echo=True)
+    except runner.CommandError:
+        print("    dpkg -i left the packages unconfigured (unmet dependencies?): "
+              "apt-get install -f", flush=True)
+        chroot.run(tree, ["apt-get", "install", "-f", "-y", "--no-install-recommends",
+                          "-o", "Dpkg::Use-Pty=0"], env=env, echo=True)
+    shutil.rmtree(inbox)
+    missing = [name for name in map(package_name, debs) if not installed(tree, name)]
+    if missing:
+        raise PipelineError("injected package(s) not installed in the root: " + ", ".join(missing),
+                            hint="see apt-get's output above for the dependency it could not meet")
+
+
+def make_initramfs(tree: Path, release: str, env: dict[str, str], recipe: Recipe,
+                   overlays: Sequence[Path], debs: Sequence[Path],
+                   cache: initramfs_cache.Cache | None) -> None:
+    """Make the initramfs, or put in the one made earlier from the same inputs."""
+    key = None
+    if cache is None:
+        reason = "no cache given"
+    else:
+        reason = initramfs_cache.not_reusable(tree, recipe.initramfs.modules)
+    if cache is not None and reason is None:
+        # The tree shows its packages and the overlays' files; the text this
+        # step wrote and what came before it (kernel stamp, code) are named.
+        key = initramfs_cache.key(tree, overlays, debs, {
+            **cache.inputs, "release": release, "conf": initramfs_conf(recipe),
+            "fstab": fstab(recipe.root_image.label), "epoch": str(recipe.source_date_epoch)})
+        if cache.path(key).is_file():
+            initramfs_cache.install(cache, key, tree, release)
+            print(f"    initramfs: reused, its inputs are unchanged (key {key[:12]})", flush=True)
+            return
+        reason = f"no earlier one has these inputs (key {key[:12]})"
+    print(f"    initramfs: made, {reason}", flush=True)
+    chroot.run(tree, ["update-initramfs", "-c", "-k", release], env=env, echo=True)
+    if cache is not None and key is not None:
+        if initramfs_cache.state_matches(tree, release):
+            initramfs_cache.store(cache, key, tree, release)
+        else:
+            # A reuse would not leave the tree as update-initramfs did: keep none.
+            print(f"    initramfs: not kept, /{initramfs_cache.STATE_DIR} is not as expected",
+                  flush=True)
+
+
 def make_root(kernel_tree: Path, dest: Path, recipe: Recipe, release: str,
-              overlays: Sequence[Path], debs: Sequence[Path]) -> list[str]:
+              overlays: Sequence[Path], debs: Sequence[Path],
+              cache: initramfs_cache.Cache | None = None) -> list[str]:
     """Build the root tree into ``dest``; return the paths the strip removed."""
     tmp = fresh_partial(dest)
     copy_tree(kernel_tree, tmp)
@@ -81,19 +157,13 @@ def make_root(kernel_tree: Path, dest: Path, recipe: Recipe, release: str,
            "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
     with chroot.mounted(tmp):
         if debs:
-            inbox = tmp / "tmp/image-pipeline-debs"
-            inbox.mkdir(parents=True, exist_ok=True)
-            for deb in debs:
-                shutil.copyfile(deb, inbox / deb.name)
-            chroot.run(tmp, ["apt-get", "install", "-y", "--no-install-recommends",
-                             "-o", "Dpkg::Use-Pty=0",
-                             *[f"/tmp/image-pipeline-debs/{deb.name}" for deb in debs]],
-                       env=env, echo=True)
-            shutil.rmtree(inbox)
-        chroot.run(tmp, ["apt-get", "clean"], env=env)
+            install_debs(tmp, debs, env)
+        # No apt-get clean: nothing is downloaded unless apt had to step in,
+        # and the strip removes apt's caches and downloads (generic.RULES:
+        # var/cache/apt/*.bin, var/cache/apt/archives/*.deb) either way.
         removed = generic.strip(tmp)
         generic.install_firstboot(tmp)
-        chroot.run(tmp, ["update-initramfs", "-c", "-k", release], env=env, echo=True)
+        make_initramfs(tmp, release, env, recipe, overlays, debs, cache)
     # mkinitramfs may leave temporary files; the tree must still be clean.
     removed += generic.strip(tmp)
     commit(tmp, dest)

@@ -30,7 +30,7 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import bootstrap, kernel, package, rootfs, runner, triple
+from . import bootstrap, initramfs_cache, kernel, package, rootfs, runner, triple
 from .errors import ConfigError, PipelineError
 from .fsutil import read_json, remove_tree, sha256_file, write_json
 from .naming import Layout, task_name
@@ -161,14 +161,23 @@ def inputs_digest(identity: str, files: list[str]) -> str:
     return digest.hexdigest()
 
 
+# The modules whose code shapes the root tree (and so the rootfs task's identity).
+ROOTFS_CODE = ("rootfs", "generic", "chroot", "initramfs_cache")
+
+
 def do_rootfs(recipe: Recipe, flavour: str, layout: Layout, debs: list[Path],
               identity: str, files: list[str]) -> None:
     stamp = layout.kernel_stamp(recipe.image, flavour)
     release = read_json(stamp)["release"]
     tree = layout.root_tree(recipe.image, flavour)
     overlays = [SETTINGS.overlays / name for name in recipe.overlays]
+    # What the initramfs is made from that the root tree does not show: the
+    # kernel step's stamp and the code of every step up to this one.
+    cache = initramfs_cache.Cache(layout, recipe.image, flavour, {
+        "kernel": sha256_file(stamp),
+        "code": code_digest(*ROOTFS_CODE, "kernel", "bootstrap")})
     removed = rootfs.make_root(layout.kernel_tree(recipe.image, flavour), tree, recipe,
-                               release, overlays, debs)
+                               release, overlays, debs, cache)
     write_json(layout.root_stamp(recipe.image, flavour), {
         "kernel": file_digest(stamp), "release": release, "stripped": removed,
         "inputs": inputs_digest(identity, [*files, *map(str, debs)]),
@@ -268,7 +277,7 @@ def task_rootfs():
             "overlays": recipe.overlays, "files": files, "label": recipe.root_image.label,
             "initramfs": [recipe.initramfs.compression, recipe.initramfs.modules],
             "epoch": recipe.source_date_epoch,
-            "code": code_digest("rootfs", "generic", "chroot")}, sort_keys=True)
+            "code": code_digest(*ROOTFS_CODE)}, sort_keys=True)
         for flavour in recipe.kernel_flavours:
             name = task_name(recipe.image, flavour)
             yield {"name": name,
@@ -279,7 +288,8 @@ def task_rootfs():
                    "targets": [str(layout.root_stamp(recipe.image, flavour))],
                    "uptodate": [config_changed(identity)],
                    "clean": [(do_clean, [[layout.root_tree(recipe.image, flavour),
-                                          layout.root_stamp(recipe.image, flavour)]])]}
+                                          layout.root_stamp(recipe.image, flavour),
+                                          layout.initramfs_cache(recipe.image, flavour)]])]}
 
 
 def task_build():

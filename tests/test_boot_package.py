@@ -618,6 +618,7 @@ def test_handover_installs_name_and_records(tmp_path):
     etc = tmp_path / "etc-iscsi"
     _write(etc / "initiatorname.iscsi", "GenerateName=yes")
     env = {"OIB_LIB": str(LIB), "OIB_RUNDIR": str(rundir), "OIB_ETC_ISCSI": str(etc),
+           "OIB_NODE_DB": str(etc / "nodes"),  # never the host's own database
            "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     proc = subprocess.run(["dash", str(HANDOVER), "start"], capture_output=True, text=True, env=env,
                           check=False, timeout=60)
@@ -629,6 +630,7 @@ def test_handover_installs_name_and_records(tmp_path):
 
 def test_handover_without_state_does_nothing(tmp_path):
     env = {"OIB_LIB": str(LIB), "OIB_RUNDIR": str(tmp_path / "none"), "OIB_ETC_ISCSI": str(tmp_path / "etc"),
+           "OIB_NODE_DB": str(tmp_path / "etc" / "nodes"),
            "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     for mode in ("start", "login-missing"):
         proc = subprocess.run(["dash", str(HANDOVER), mode], capture_output=True, text=True, env=env,

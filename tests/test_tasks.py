@@ -262,3 +262,19 @@ def test_triple_present(project):
     assert tasks.triple_present(str(stamp)) is True
     (lay.triples / "trixie_6.1.0-9-amd64.manifest.json").unlink()
     assert tasks.triple_present(str(stamp)) is False
+
+
+# -- initramfs cache ------------------------------------------------------------
+
+def test_rootfs_clean_removes_the_initramfs_cache(project):
+    _proj, out = project
+    lay = Layout(out.resolve())
+    (func, (paths,)), = by_name("task_rootfs")["trixie-amd64"]["clean"]
+    assert func is tasks.do_clean
+    assert lay.initramfs_cache("trixie", "amd64") in paths
+    assert lay.initramfs_cache("trixie", "cloud-amd64") not in paths
+
+
+def test_rootfs_identity_covers_the_cache_code(project):
+    assert "initramfs_cache" in tasks.ROOTFS_CODE
+    assert "rootfs" in tasks.ROOTFS_CODE
