@@ -83,7 +83,8 @@ def main() -> int:
             for round_ in range(args.rounds):
                 lab.triple = stock_lab_triple
                 stock_times.append(time_boot(lab, (
-                    f"console=ttyS0,115200 root=LABEL={label} ro panic=10 ip=dhcp "
+                    # stock configures one device: the one on the portal's subnet
+                    f"console=ttyS0,115200 root=LABEL={label} ro panic=10 ip=:::::ens2:dhcp "
                     f"iscsi_initiator={INITIATOR_IQN} iscsi_target_name={TARGET_IQN} "
                     f"iscsi_target_ip={first}"), f"stock{round_}"))
                 print(f"(a) stock, one path:       {stock_times[-1]:.1f} s", flush=True)

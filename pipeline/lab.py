@@ -164,6 +164,19 @@ def probe_accel(kernel: Path, scratch: Path) -> str:
     return _ACCEL
 
 
+def free_control_port() -> int:
+    """A tgtd management port no other tgtd here uses.
+
+    tgtd's management socket is /var/run/tgtd/socket.<port> on the shared
+    file system, whatever the namespace; tgtadm takes ports up to 32767.
+    """
+    start = 10000 + os.getpid() % 20000
+    for port in list(range(start, 30000)) + list(range(10000, start)):
+        if not os.path.exists(f"/var/run/tgtd/socket.{port}"):
+            return port
+    raise PipelineError("no free tgtd control port in 10000-29999 (/var/run/tgtd is full)")
+
+
 @dataclass
 class Guest:
     """A running qemu machine of the lab."""
@@ -311,7 +324,7 @@ class Lab:
         self._own_work = work is None
         self.work = Path(work or tempfile.mkdtemp(prefix="iscsi-lab-"))
         self.ns = f"iscsilab{os.getpid()}"
-        self.control_port = 20000 + os.getpid() % 20000
+        self.control_port = free_control_port()
         self.procs: list[runner.Background] = []
         self.guests: list[Guest] = []
         self._ns_made = False

@@ -124,3 +124,41 @@ def test_bad_boot_parameter_says_what_is_wrong_and_does_not_hang(lab, case):
         assert "Welcome to" not in console  # never reached the real root
     finally:
         guest.close()
+
+
+STOCK = f"iscsi_target_name={TARGET_IQN} iscsi_target_ip={PATHS[0][2]}"
+
+
+def sessions(lab) -> int:
+    """Sessions the target sees (from tgtd, not from the guest)."""
+    return len(re.findall(r"^\s*Session: \d+", lab.tgtadm("--mode", "conn", "--op", "show",
+                                                         "--tid", "1"), re.M))
+
+
+def test_stock_debian_parameters_still_boot(lab):
+    """Without iscsitarget= the package stays out of the way: stock open-iscsi logs in."""
+    # Stock initramfs-tools configures one device: name the one on the
+    # portal's subnet (ens2, the first NIC), or it may pick the other one.
+    cmdline = (f"console=ttyS0,115200 root=LABEL={lab.label} ro panic=10 ip=:::::ens2:dhcp "
+               f"iscsi_initiator={INITIATOR_IQN} {STOCK}")
+    guest, seconds = boot_ready(lab, cmdline=cmdline, name="stock")
+    try:
+        assert "open-iscsi-boot: target" not in guest.console_text()
+        assert sessions(lab) == 1
+        assert guest.check("findmnt -n -o TARGET /").strip() == "/"
+        assert guest.poweroff(POWEROFF_BOUND) is not None
+    finally:
+        guest.close()
+    print(f"stock parameters: multi-user after {seconds:.1f}s")
+
+
+def test_both_forms_given_log_in_once_per_path(lab):
+    """iscsitarget= wins; the stock script does not add a second login."""
+    guest, seconds = boot_ready(lab, cmdline=lab.cmdline(STOCK), name="both")
+    try:
+        assert re.search(r"open-iscsi-boot: root /dev/dm-\d+ .*paths 2/2 active", guest.console_text())
+        assert sessions(lab) == 2
+        assert len(guest.check("iscsiadm -m session").splitlines()) == 2
+        assert guest.poweroff(POWEROFF_BOUND) is not None
+    finally:
+        guest.close()
