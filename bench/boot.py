@@ -4,14 +4,14 @@
     python3 bench/boot.py out/triples/<image>_<release>.manifest.json [--rounds N]
 
 Same kernel, same root image copy, in the same lab, one after the other:
-(a) stock Debian: an initramfs made by the image's own mkinitramfs from the
-    flavour's kernel tree (open-iscsi and multipath-tools-boot, without
-    open-iscsi-boot), booted with iscsi_target_name= / iscsi_target_ip= on
-    one path;
+(a) stock Debian: an initramfs made by the image's own mkinitramfs from a
+    copy of the triple's root tree with open-iscsi-boot purged (open-iscsi
+    and multipath-tools-boot stay), booted with iscsi_target_name= /
+    iscsi_target_ip= on one path;
 (b) the triple's own initramfs over two paths (iscsitarget=).
 Prints the time to the multi-user target of each (median of the rounds),
 their ratio (goal <= 1.1) and the sizes of the two initramfs files (goal: ours
-no larger).  Needs the build's work tree (out/work/<image>/<flavour>/kernel).
+no larger).  Needs the build's work tree (out/work/<image>/<flavour>/rootfs).
 """
 
 from __future__ import annotations
@@ -32,12 +32,20 @@ from pipeline.lab import INITIATOR_IQN, PATHS, TARGET_IQN, Lab  # noqa: E402
 from pipeline.naming import Layout, Triple  # noqa: E402
 
 
-def stock_initramfs(kernel_tree: Path, release: str, work: Path) -> Path:
-    """Stock Debian's initramfs for the same kernel: no open-iscsi-boot."""
+def stock_initramfs(root_tree: Path, release: str, work: Path) -> Path:
+    """Stock Debian's initramfs for the same kernel and image settings.
+
+    Made from a copy of the triple's own root tree with open-iscsi-boot
+    purged, so that the difference is the package and nothing else (the
+    pipeline's initramfs settings, e.g. FSTYPE=ext4 which brings in fsck,
+    apply to both).
+    """
     tree = work / "stock-tree"
-    copy_tree(kernel_tree, tree)
+    copy_tree(root_tree, tree)
     try:
         with chroot.mounted(tree):
+            chroot.run(tree, ["dpkg", "--purge", "open-iscsi-boot"],
+                       env={"INITRD": "No", "DEBIAN_FRONTEND": "noninteractive"})
             chroot.run(tree, ["mkinitramfs", "-o", "/tmp/stock.img", release])
         out = work / "stock.initrd.img"
         shutil.copyfile(tree / "tmp/stock.img", out)
@@ -64,13 +72,13 @@ def main() -> int:
     triple = Triple.from_manifest(args.manifest.resolve())
     manifest = read_json(triple.manifest)
     layout = Layout(triple.directory.parent)
-    kernel_tree = layout.kernel_tree(triple.image, manifest["flavour"])
-    if not kernel_tree.is_dir():
-        parser.error(f"{kernel_tree}: no kernel tree (build the triple first)")
+    root_tree = layout.root_tree(triple.image, manifest["flavour"])
+    if not root_tree.is_dir():
+        parser.error(f"{root_tree}: no root tree (build the triple first)")
     label = manifest["parts"]["root"]["label"]
     work = Path(tempfile.mkdtemp(prefix="bench-boot-"))
     try:
-        stock = stock_initramfs(kernel_tree, triple.release, work)
+        stock = stock_initramfs(root_tree, triple.release, work)
         stock_triple = work / "stock"
         stock_triple.mkdir()
         for part in ("kernel", "root", "manifest"):
