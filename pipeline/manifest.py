@@ -27,13 +27,12 @@ def packages(tree: Path) -> dict[str, str]:
     return dict(sorted(result.items()))
 
 
-def tool_versions(recipe: Recipe, tree: Path) -> dict[str, str]:
+def tool_versions(recipe: Recipe, image_packages: dict[str, str]) -> dict[str, str]:
     versions = {
         "image-pipeline": __version__,
         recipe.bootstrapper: runner.tool_version([recipe.bootstrapper, "--version"]),
         "mke2fs": runner.tool_version(["mkfs.ext4", "-V"]),
     }
-    image_packages = packages(tree)
     versions["initramfs-tools (image)"] = image_packages.get("initramfs-tools", "unknown")
     return versions
 
@@ -50,6 +49,7 @@ def build(recipe: Recipe, flavour: str, release: str, tree: Path,
     """
     entries = {role: part_entry(path, name) for role, (path, name) in parts.items()}
     entries["root"].update(root_info)
+    installed = packages(tree)
     return {
         "format": FORMAT,
         "image": recipe.image,
@@ -59,6 +59,6 @@ def build(recipe: Recipe, flavour: str, release: str, tree: Path,
         "parts": entries,
         "recipe": {"file": recipe.path.name, "digest": recipe.digest},
         "source_date_epoch": recipe.source_date_epoch,
-        "packages": packages(tree),
-        "tools": tool_versions(recipe, tree),
+        "packages": installed,
+        "tools": tool_versions(recipe, installed),
     }

@@ -59,6 +59,14 @@ class CommandError(PipelineError):
         super().__init__(message)
 
 
+def _argv(argv: Sequence[str | os.PathLike[str]], path: str | None = None) -> list[str]:
+    """argv as strings; a tool that is not installed is a user error naming its package."""
+    args = [os.fspath(a) for a in argv]
+    if not os.path.isabs(args[0]) and shutil.which(args[0], path=path or PATH) is None:
+        raise missing_tool(args[0])
+    return args
+
+
 def run(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
         cwd: str | os.PathLike[str] | None = None, echo: bool = False,
         check: bool = True, timeout: float | None = None) -> str:
@@ -68,10 +76,7 @@ def run(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None
     that is the progress shown for long steps (mmdebstrap, apt, mkinitramfs).
     Without it the output is only kept for the error message.
     """
-    args = [os.fspath(a) for a in argv]
-    tool = args[0]
-    if shutil.which(tool, path=(env or {}).get("PATH", PATH)) is None and not os.path.isabs(tool):
-        raise missing_tool(tool)
+    args = _argv(argv, (env or {}).get("PATH"))
     full_env = clean_env(env)
     lines: list[str] = []
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
@@ -119,9 +124,7 @@ def output(argv: Sequence[str | os.PathLike[str]], **kwargs) -> str:
 
     Stderr is kept apart so that warnings do not end up in the value.
     """
-    args = [os.fspath(a) for a in argv]
-    if shutil.which(args[0], path=PATH) is None and not os.path.isabs(args[0]):
-        raise missing_tool(args[0])
+    args = _argv(argv)
     try:
         proc = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True,
                               env=clean_env(kwargs.get("env")), cwd=kwargs.get("cwd"),
@@ -137,9 +140,7 @@ def output(argv: Sequence[str | os.PathLike[str]], **kwargs) -> str:
 def output_bytes(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
                  input: bytes | None = None) -> bytes:
     """Like :func:`output` for binary results; ``input`` is fed on stdin."""
-    args = [os.fspath(a) for a in argv]
-    if shutil.which(args[0], path=PATH) is None and not os.path.isabs(args[0]):
-        raise missing_tool(args[0])
+    args = _argv(argv)
     try:
         proc = subprocess.run(args, capture_output=True, env=clean_env(env), input=input,
                               stdin=subprocess.DEVNULL if input is None else None)
@@ -231,9 +232,7 @@ class Background:
 
     def __init__(self, argv: Sequence[str | os.PathLike[str]], log: os.PathLike[str],
                  *, env: Mapping[str, str] | None = None) -> None:
-        self.argv = [os.fspath(a) for a in argv]
-        if shutil.which(self.argv[0], path=PATH) is None and not os.path.isabs(self.argv[0]):
-            raise missing_tool(self.argv[0])
+        self.argv = _argv(argv)
         self.log = log
         with open(log, "ab") as handle:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=handle,

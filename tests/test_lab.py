@@ -14,7 +14,6 @@ import time
 
 import pytest
 
-from pipeline.fsutil import mounts_under  # noqa: F401  (keeps the import path checked)
 from pipeline.lab import INITIATOR_IQN, PATHS, TARGET_IQN, Lab
 from pipeline.naming import Triple
 from test_build import built  # noqa: F401  (the session's one build)
