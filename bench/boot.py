@@ -28,7 +28,7 @@ sys.path.insert(0, str(PROJECT))
 
 from pipeline import chroot  # noqa: E402
 from pipeline.fsutil import copy_tree, read_json, remove_tree  # noqa: E402
-from pipeline.lab import INITIATOR_IQN, PATHS, TARGET_IQN, Lab  # noqa: E402
+from pipeline.lab import INITIATOR_IQN, PORTALS, TARGET_IQN, Lab  # noqa: E402
 from pipeline.naming import Layout, Triple  # noqa: E402
 
 
@@ -85,7 +85,7 @@ def main() -> int:
             (stock_triple / triple.path(part).name).symlink_to(triple.path(part))
         (stock_triple / triple.initrd.name).symlink_to(stock)
         ours_times, stock_times = [], []
-        first = PATHS[0][2]
+        first = PORTALS[0]
         with Lab(triple, work / "lab") as lab:
             stock_lab_triple = Triple(stock_triple, triple.image, triple.release)
             for round_ in range(args.rounds):

@@ -2,8 +2,8 @@
 
 Everything lives in a network namespace the lab creates and removes:
 
-    br0 192.0.2.1/24    ── tap0 ── NIC 1 ┐
-    br1 198.51.100.1/24 ── tap1 ── NIC 2 ┴ qemu (TCG; KVM only where probed to work)
+    br0 192.0.2.1/24    ── tap<n>p0 ── NIC 1 ┐
+    br1 198.51.100.1/24 ── tap<n>p1 ── NIC 2 ┴ qemu (TCG; KVM only where probed to work)
     dnsmasq: DHCP on both bridges        tgtd: one target, a portal on each subnet
 
 The LUN is a sparse copy of the triple's root image, never the build output.
@@ -40,9 +40,10 @@ from .naming import Triple
 
 # One subnet per path, from the documentation ranges.
 PATHS = (
-    ("br0", "tap0", "192.0.2.1", "192.0.2.100", "192.0.2.199"),
-    ("br1", "tap1", "198.51.100.1", "198.51.100.100", "198.51.100.199"),
+    ("br0", "192.0.2.1", "192.0.2.100", "192.0.2.199"),
+    ("br1", "198.51.100.1", "198.51.100.100", "198.51.100.199"),
 )
+PORTALS = tuple(address for _bridge, address, _first, _last in PATHS)
 TARGET_IQN = "iqn.2025-01.org.example.lab:root"
 INITIATOR_IQN = "iqn.2025-01.org.example.lab:client"
 MACS = ("52:54:00:12:34:01", "52:54:00:12:34:02")
@@ -315,10 +316,22 @@ class Lab:
 
     def __init__(self, triple: Triple, work: Path | None = None, *,
                  initiator: str = INITIATOR_IQN, target: str = TARGET_IQN,
-                 label: str | None = None) -> None:
+                 label: str | None = None, dnsmasq_conf: Path | None = None,
+                 tgt_conf: Path | None = None) -> None:
+        """A lab around ``triple``.
+
+        By default the lab exports a copy of the triple's root image as one
+        target.  Given ``tgt_conf`` (a published tgt configuration) it loads
+        that instead, and given ``dnsmasq_conf`` (a published dnsmasq
+        configuration) dnsmasq also reads it: DHCP host entries, iPXE chain
+        loading and TFTP from the published tree.  The triple's kernel is
+        then used only to probe for KVM.
+        """
         self.triple = triple
         self.initiator = initiator
         self.target = target
+        self.dnsmasq_conf = dnsmasq_conf
+        self.tgt_conf = tgt_conf
         manifest = read_json(triple.manifest) if triple.manifest.exists() else {}
         self.label = label or manifest.get("parts", {}).get("root", {}).get("label", "debian-root")
         self._own_work = work is None
@@ -345,26 +358,26 @@ class Lab:
         runner.run(in_ns(self.ns, "ip", *args))
 
     def _start(self) -> None:
-        runner.require_tools(["ip", "dnsmasq", "tgtd", "tgtadm", "qemu-system-x86_64", "debugfs"])
+        runner.require_tools(["ip", "dnsmasq", "tgtd", "tgtadm", "qemu-system-x86_64", "debugfs"]
+                             + (["tgt-admin"] if self.tgt_conf else []))
         self.work.mkdir(parents=True, exist_ok=True)
         lun = self.work / "lun.ext4"
-        runner.run(["cp", "--sparse=always", str(self.triple.root), str(lun)])
-        add_agent(lun, self.work)
+        if self.tgt_conf is None:
+            runner.run(["cp", "--sparse=always", str(self.triple.root), str(lun)])
+            add_agent(lun, self.work)
         runner.run(["ip", "netns", "add", self.ns])
         self._ns_made = True
         self._ip("link", "set", "lo", "up")
-        for bridge, tap, address, _first, _last in PATHS:
+        for bridge, address, _first, _last in PATHS:
             self._ip("link", "add", bridge, "type", "bridge")
             self._ip("addr", "add", f"{address}/24", "dev", bridge)
             self._ip("link", "set", bridge, "up")
-            self._ip("tuntap", "add", "dev", tap, "mode", "tap")
-            self._ip("link", "set", tap, "master", bridge)
-            self._ip("link", "set", tap, "up")
         dhcp = []
-        for bridge, _tap, _address, first, last in PATHS:
+        for bridge, _address, first, last in PATHS:
             dhcp += [f"--interface={bridge}", f"--dhcp-range={first},{last},255.255.255.0,1h"]
+        conf = str(self.dnsmasq_conf) if self.dnsmasq_conf else "/dev/null"
         self.procs.append(runner.Background(in_ns(
-            self.ns, "dnsmasq", "--keep-in-foreground", "--no-daemon", "--conf-file=/dev/null",
+            self.ns, "dnsmasq", "--keep-in-foreground", "--no-daemon", f"--conf-file={conf}",
             "--port=0", "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root",
             "--dhcp-authoritative", "--dhcp-option=option:router", "--log-dhcp",
             f"--dhcp-leasefile={self.work / 'leases'}", *dhcp), self.work / "dnsmasq.log"))
@@ -374,6 +387,10 @@ class Lab:
                                  self.work / "tgtd.log")
         self.procs.append(tgtd)
         self._tgtadm_ready()
+        if self.tgt_conf is not None:
+            runner.run(in_ns(self.ns, "tgt-admin", "-C", str(self.control_port), "-e",
+                             "-c", str(self.tgt_conf)))
+            return
         self.tgtadm("--mode", "target", "--op", "new", "--tid", "1", "--targetname", self.target)
         self.tgtadm("--mode", "logicalunit", "--op", "new", "--tid", "1", "--lun", "1",
                     "--backing-store", str(lun))
@@ -430,14 +447,21 @@ class Lab:
 
     # -- machines ------------------------------------------------------------
     def cmdline(self, extra: str = "") -> str:
-        portals = ",".join(address for _b, _t, address, _f, _l in PATHS)
+        portals = ",".join(PORTALS)
         return (f"console=ttyS0,115200 root=LABEL={self.label} ro panic=10 "
                 f"iscsitarget={self.target},{portals} iscsi_initiator={self.initiator} "
                 + extra).strip()
 
     def boot(self, *, cmdline: str | None = None, links_down: tuple[int, ...] = (),
-             memory: int = 1024, name: str = "guest") -> Guest:
-        """Start qemu; the links in ``links_down`` are cut from power-on."""
+             memory: int = 1024, name: str = "guest", macs: tuple[str, ...] = MACS,
+             network_boot: bool = False) -> Guest:
+        """Start qemu; the links in ``links_down`` are cut from power-on.
+
+        The machine has one NIC per path, with the MAC addresses ``macs``.
+        By default qemu loads the triple's kernel and initramfs itself; with
+        ``network_boot`` the first NIC's iPXE ROM boots from the network
+        (DHCP and TFTP from the lab's dnsmasq), as a real machine would.
+        """
         console = self.work / f"{name}.console.log"
         qmp_path = self.work / f"{name}.qmp"
         agent_path = self.work / f"{name}.agent"
@@ -445,18 +469,29 @@ class Lab:
             if path.exists():
                 path.unlink()
         accel = probe_accel(self.triple.kernel, self.work)
+        machine = len(self.guests)
         netdevs = []
-        for index, (_bridge, tap, *_rest) in enumerate(PATHS):
+        for index, (bridge, *_rest) in enumerate(PATHS):
+            tap = f"tap{machine}p{index}"
+            self._ip("tuntap", "add", "dev", tap, "mode", "tap")
+            self._ip("link", "set", tap, "master", bridge)
+            self._ip("link", "set", tap, "up")
+            device = f"virtio-net-pci,netdev=nic{index},mac={macs[index]}"
+            if network_boot and index == 0:
+                device += ",bootindex=1"
             netdevs += ["-netdev", f"tap,id=nic{index},ifname={tap},script=no,downscript=no",
-                        "-device", f"virtio-net-pci,netdev=nic{index},mac={MACS[index]}"]
+                        "-device", device]
+        if network_boot:
+            boot = []
+        else:
+            boot = ["-kernel", str(self.triple.kernel), "-initrd", str(self.triple.initrd),
+                    "-append", cmdline if cmdline is not None else self.cmdline()]
         argv = in_ns(self.ns, "qemu-system-x86_64", "-accel", accel, "-m", str(memory),
                      "-smp", "1", "-display", "none", "-nodefaults", "-no-reboot",
                      "-serial", f"file:{console}",
                      "-chardev", f"socket,id=agent,path={agent_path},server=on,wait=off",
                      "-serial", "chardev:agent",
-                     "-qmp", f"unix:{qmp_path},server=on,wait=off",
-                     "-kernel", str(self.triple.kernel), "-initrd", str(self.triple.initrd),
-                     "-append", cmdline if cmdline is not None else self.cmdline(), *netdevs)
+                     "-qmp", f"unix:{qmp_path},server=on,wait=off", *boot, *netdevs)
         if links_down:
             argv.append("-S")  # paused until the links are cut
         qemu = runner.Background(argv, self.work / f"{name}.qemu.log")

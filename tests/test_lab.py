@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pipeline.lab import INITIATOR_IQN, PATHS, TARGET_IQN, Lab
+from pipeline.lab import INITIATOR_IQN, PORTALS as LAB_PORTALS, TARGET_IQN, Lab
 from pipeline.naming import Triple
 from test_build import built  # noqa: F401  (the session's one build)
 
@@ -44,6 +44,28 @@ def boot_ready(lab, **kwargs):
     return guest, seconds
 
 
+def assert_sessions_adopted(guest, timeout: float = 60) -> None:
+    """The booted iscsid took over the initramfs's sessions without a logout.
+
+    The kernel keeps the sessions the initramfs made (session1, session2)
+    and their two SCSI disks; the booted iscsid re-attaches to each by
+    open-iscsi's session sync, which re-opens the connection inside the same
+    session ("operational after recovery") rather than logging in anew.
+    """
+    assert guest.check("ls /sys/class/iscsi_session").split() == ["session1", "session2"]
+    assert len(guest.check("ls /sys/class/scsi_disk").split()) == 2
+    deadline = time.monotonic() + timeout
+    while True:
+        journal = guest.check("journalctl -b --no-pager -o cat -u iscsid.service")
+        adopted = re.findall(r"connection(\d+):0 is operational after recovery", journal)
+        if sorted(adopted) == ["1", "2"] or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    assert sorted(adopted) == ["1", "2"], journal
+    assert not re.search(r"(?i)logout|logged out", journal), journal
+    assert len(sessions(guest)) == 2
+
+
 def test_boots_to_multi_user_on_two_paths_and_survives_link_cuts(lab):
     guest, seconds = boot_ready(lab, name="two-paths")
     try:
@@ -57,6 +79,7 @@ def test_boots_to_multi_user_on_two_paths_and_survives_link_cuts(lab):
         assert "paths 2/2" in guest.check("iscsi-boot-status")
         # The booted system knows its initiator name (from the boot parameters).
         assert INITIATOR_IQN in guest.check("cat /etc/iscsi/initiatorname.iscsi")
+        assert_sessions_adopted(guest)
 
         guest.check("lab-io start")
         for path in (0, 1):
@@ -97,7 +120,7 @@ def test_boots_with_one_path_down_from_power_on(lab, down):
     print(f"path {down} down: multi-user after {seconds:.1f}s")
 
 
-PORTALS = ",".join(address for _b, _t, address, _f, _l in PATHS)
+PORTALS = ",".join(LAB_PORTALS)
 BAD = {
     "malformed target": (f"iscsitarget=not-an-iqn,{PORTALS} iscsi_initiator={INITIATOR_IQN}",
                          r"iscsitarget"),
@@ -125,7 +148,7 @@ def test_bad_boot_parameter_says_what_is_wrong_and_does_not_hang(lab, case):
         guest.close()
 
 
-STOCK = f"iscsi_target_name={TARGET_IQN} iscsi_target_ip={PATHS[0][2]}"
+STOCK = f"iscsi_target_name={TARGET_IQN} iscsi_target_ip={LAB_PORTALS[0]}"
 
 
 def sessions(guest) -> list[str]:
@@ -161,7 +184,7 @@ def test_both_forms_given_log_in_once_per_path(lab):
         assert re.search(r"open-iscsi-boot: root /dev/dm-\d+ .*paths 2/2 active", guest.console_text())
         found = sessions(guest)
         assert len(found) == 2, found
-        portals = {address for _b, _t, address, _f, _l in PATHS}
+        portals = set(LAB_PORTALS)
         assert {re.search(r"(\d+\.\d+\.\d+\.\d+):", line).group(1) for line in found} == portals
         assert guest.poweroff(POWEROFF_BOUND) is not None
     finally:

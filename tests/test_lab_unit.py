@@ -26,6 +26,6 @@ def test_cmdline_names_every_portal_the_initiator_and_the_label(tmp_path):
 
 
 def test_lab_subnets_are_documentation_ranges():
-    for _bridge, _tap, address, first, last in lab.PATHS:
+    for _bridge, address, first, last in lab.PATHS:
         for ip in (address, first, last):
             assert ip.startswith(("192.0.2.", "198.51.100.", "203.0.113."))
