@@ -21,6 +21,7 @@
 : "${OIB_CMDLINE:=/proc/cmdline}"	# kernel command line
 : "${OIB_SYSFS:=/sys}"			# sysfs root
 : "${OIB_PROC:=/proc}"			# procfs root
+: "${OIB_NET_CONF_DIR:=/run}"		# where ipconfig writes net-<dev>.conf
 
 OIB_DEFAULT_PORT=3260
 
@@ -629,6 +630,105 @@ oib_netmask_prefix() (
 	echo "$prefix"
 )
 
+# oib_ipv4_in_subnet ADDR IFADDR NETMASK: true when the IPv4 address ADDR
+# lies in the subnet IFADDR/NETMASK.  Compared octet by octet, so that no
+# shell needs more than small integers (a busybox may be built with 32-bit
+# arithmetic).  Also false when any of the three is malformed or the mask
+# is not contiguous.
+oib_ipv4_in_subnet() (
+	oib_valid_ipv4 "$1" && oib_valid_ipv4 "$2" || exit 1
+	oib_netmask_prefix "$3" >/dev/null || exit 1
+	addr=$1.
+	net=$2.
+	mask=$3.
+	while [ -n "$mask" ]; do
+		a=${addr%%.*}
+		n=${net%%.*}
+		m=${mask%%.*}
+		[ $((a & m)) -eq $((n & m)) ] || exit 1
+		addr=${addr#*.}
+		net=${net#*.}
+		mask=${mask#*.}
+	done
+	exit 0
+)
+
+# oib_net_conf_value FILE KEY: the value of KEY in a net-<dev>.conf file of
+# ipconfig (lines KEY='value'), read without sourcing the file.  Returns 1
+# when KEY is not there.
+oib_net_conf_value() (
+	[ -r "$1" ] || exit 1
+	found=1
+	value=
+	while IFS= read -r line || [ -n "$line" ]; do
+		case "$line" in
+		"$2"=*)
+			value=${line#*=}
+			case "$value" in
+			\'*\')
+				value=${value#\'}
+				value=${value%\'}
+				;;
+			esac
+			found=0
+			;;
+		esac
+	done <"$1"
+	[ "$found" -eq 0 ] || exit 1
+	printf '%s\n' "$value"
+)
+
+# oib_portal_netdev ADDR: the network device that reaches the portal
+# address ADDR, worked out from the net-<dev>.conf files that ipconfig
+# wrote in $OIB_NET_CONF_DIR (the initramfs carries no "ip route get"):
+# the device whose IPv4 subnet holds ADDR, the longest prefix winning as in
+# the kernel's routing table.  When no subnet holds it (a portal behind a
+# gateway, an IPv6 portal), the only configured device if there is exactly
+# one.  Returns 1 when that does not decide it (no device, or two devices
+# on the same subnet).  Files without a valid DEVICE, IPV4ADDR and
+# IPV4NETMASK are ignored.
+oib_portal_netdev() (
+	set +f	# callers may have globbing off
+	best=
+	best_prefix=-1
+	tie=n
+	seen=" "
+	only=
+	for conf in "$OIB_NET_CONF_DIR"/net-*.conf; do
+		[ -f "$conf" ] || continue
+		dev=$(oib_net_conf_value "$conf" DEVICE) || dev=
+		if [ -z "$dev" ]; then
+			dev=${conf##*/net-}
+			dev=${dev%.conf}
+		fi
+		oib_valid_ifname "$dev" || continue
+		ifaddr=$(oib_net_conf_value "$conf" IPV4ADDR) || continue
+		mask=$(oib_net_conf_value "$conf" IPV4NETMASK) || continue
+		[ "$ifaddr" != 0.0.0.0 ] || continue	# no address (yet)
+		oib_valid_ipv4 "$ifaddr" || continue
+		prefix=$(oib_netmask_prefix "$mask") || continue
+		case "$seen" in *" $dev "*) ;; *) seen="$seen$dev " ;; esac
+		only=$dev
+		oib_ipv4_in_subnet "$1" "$ifaddr" "$mask" || continue
+		if [ "$prefix" -gt "$best_prefix" ]; then
+			best=$dev
+			best_prefix=$prefix
+			tie=n
+		elif [ "$prefix" -eq "$best_prefix" ] && [ "$dev" != "$best" ]; then
+			tie=y
+		fi
+	done
+	if [ -n "$best" ]; then
+		[ "$tie" = n ] || exit 1
+		printf '%s\n' "$best"
+		exit 0
+	fi
+	case "$seen" in
+	" $only ") printf '%s\n' "$only" ;;
+	*) exit 1 ;;
+	esac
+)
+
 # ---------------------------------------------------------------------------
 # iSCSI sessions, SCSI disks and dm-multipath maps in sysfs
 # ---------------------------------------------------------------------------
@@ -846,7 +946,8 @@ oib_status_line() (
 )
 
 # oib_route_dev WORD...: the device in the output of "ip -o route get ADDR"
-# ("192.0.2.1 dev eth0 src 192.0.2.10 uid 0 cache").
+# ("192.0.2.1 dev eth0 src 192.0.2.10 uid 0 cache").  For the booted system,
+# which has iproute2; the initramfs uses oib_portal_netdev instead.
 oib_route_dev() (
 	prev=
 	for word in "$@"; do
