@@ -578,13 +578,13 @@ def test_hook_generic_initramfs(tmp_path):
     if not (os.access("/sbin/iscsid", os.X_OK) and os.access("/sbin/iscsiadm", os.X_OK)):
         pytest.skip("open-iscsi is not installed")
     dest = tmp_path / "dest"
-    for d in ("usr/bin", "usr/sbin", "usr/lib", "etc/multipath", "etc/iscsi"):
+    for d in ("usr/bin", "usr/sbin", "usr/lib", "etc/multipath", "etc/iscsi", "etc/open-iscsi-boot"):
         (dest / d).mkdir(parents=True)
     for d in ("bin", "sbin", "lib"):
         (dest / d).symlink_to(f"usr/{d}")
     # what open-iscsi's and multipath-tools-boot's hooks copy from the build host
     for f in ("etc/initiatorname.iscsi", "etc/iscsi/initiatorname.iscsi",
-              "etc/multipath/wwids", "etc/multipath/bindings"):
+              "etc/multipath/wwids", "etc/multipath/bindings", "etc/open-iscsi-boot/chap"):
         (dest / f).write_text("host specific\n")
     share = tmp_path / "share"
     share.mkdir()
@@ -596,13 +596,20 @@ def test_hook_generic_initramfs(tmp_path):
                           check=False, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     for gone in ("etc/initiatorname.iscsi", "etc/iscsi/initiatorname.iscsi",
-                 "etc/multipath/wwids", "etc/multipath/bindings"):
+                 "etc/multipath/wwids", "etc/multipath/bindings", "etc/open-iscsi-boot/chap"):
         assert not (dest / gone).exists(), gone
+    # where the per-machine initrd puts the CHAP file: there, empty, private
+    chap_dir = dest / "etc/open-iscsi-boot"
+    assert chap_dir.is_dir() and not any(chap_dir.iterdir())
+    assert chap_dir.stat().st_mode & 0o777 == 0o700
     assert (dest / "usr/share/open-iscsi-boot/lib.sh").read_text() == LIB.read_text()
     assert (dest / "etc/iscsi/iscsid.conf").read_text() == (PKG / "conf/iscsid.conf").read_text()
     assert "find_multipaths greedy" in (dest / "etc/multipath/conf.d/open-iscsi-boot.conf").read_text()
-    for binary in ("usr/sbin/iscsid", "usr/sbin/iscsiadm", "usr/sbin/ip"):
+    for binary in ("usr/sbin/iscsid", "usr/sbin/iscsiadm"):
         assert os.access(dest / binary, os.X_OK), binary
+    # no iproute2: the NIC of a path comes from ipconfig's net-<dev>.conf
+    copied = {p.name for p in dest.rglob("*")}
+    assert not {"ip", "libbpf.so.1", "libmnl.so.0", "libelf.so.1"} & copied
 
 
 # ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@
 : "${OIB_CMDLINE:=/proc/cmdline}"	# kernel command line
 : "${OIB_SYSFS:=/sys}"			# sysfs root
 : "${OIB_PROC:=/proc}"			# procfs root
+: "${OIB_NET_CONF_DIR:=/run}"		# where ipconfig writes net-<dev>.conf
+: "${OIB_CHAP_FILE:=/etc/open-iscsi-boot/chap}"	# per-machine initrd
 
 OIB_DEFAULT_PORT=3260
 
@@ -411,6 +413,137 @@ oib_initiator_from_file() (
 )
 
 # ---------------------------------------------------------------------------
+# CHAP credentials
+# ---------------------------------------------------------------------------
+#
+# Publishing serves each machine, next to the generic initramfs, a small
+# uncompressed cpio that the boot loader appends; it holds one file,
+# $OIB_CHAP_FILE (mode 0600), of exactly two lines:
+#   username=<user>
+#   password=<secret>
+# both values 1..255 characters of A-Z a-z 0-9 . _ : @ -.  It is read, never
+# sourced, and an error message never quotes a line or a value of it (a
+# mistyped line may hold the password).
+
+# oib_valid_chap_value VALUE: 1..255 characters of [A-Za-z0-9._:@-].
+oib_valid_chap_value() (
+	case "$1" in
+	"" | *[!A-Za-z0-9._:@-]*) exit 1 ;;
+	esac
+	[ "${#1}" -le 255 ]
+)
+
+# oib_read_chap FILE: read and check the CHAP credentials file.  Sets
+# OIB_CHAP_USER and OIB_CHAP_PASSWORD, or returns 1 with OIB_ERROR set to a
+# message that names FILE, the line and the problem, never a value.
+# Tracing is off while it runs: "set -x" would print every value.
+oib_read_chap() {
+	_oib_chap_trace=n
+	case "$-" in
+	*x*)
+		_oib_chap_trace=y
+		set +x
+		;;
+	esac
+	_oib_read_chap "$1"
+	_oib_chap_rc=$?
+	[ "$_oib_chap_trace" = n ] || set -x
+	return "$_oib_chap_rc"
+}
+
+_oib_read_chap() {
+	OIB_CHAP_USER=
+	OIB_CHAP_PASSWORD=
+	OIB_ERROR=
+	_oib_chap_syntax="expected exactly two lines, username=<user> and password=<secret>"
+	if [ ! -f "$1" ] || [ ! -r "$1" ]; then
+		OIB_ERROR="$1: not a readable file; $_oib_chap_syntax"
+		return 1
+	fi
+	_oib_chap_cr=$(printf '\r')
+	_oib_chap_n=0
+	_oib_chap_user=
+	_oib_chap_password=
+	_oib_chap_line=
+	while IFS= read -r _oib_chap_line || [ -n "$_oib_chap_line" ]; do
+		_oib_chap_n=$((_oib_chap_n + 1))
+		_oib_chap_where="$1: line $_oib_chap_n"
+		case "$_oib_chap_line" in
+		*"$_oib_chap_cr")
+			OIB_ERROR="$_oib_chap_where ends in a carriage return (DOS line ends); $_oib_chap_syntax, each ending in a plain newline"
+			break
+			;;
+		"")
+			OIB_ERROR="$_oib_chap_where is empty; $_oib_chap_syntax"
+			break
+			;;
+		username=*)
+			_oib_chap_key=username
+			[ -z "$_oib_chap_user" ] || _oib_chap_key=	# a second time
+			;;
+		password=*)
+			_oib_chap_key=password
+			[ -z "$_oib_chap_password" ] || _oib_chap_key=	# a second time
+			;;
+		*)
+			OIB_ERROR="$_oib_chap_where is neither username= nor password=; $_oib_chap_syntax"
+			break
+			;;
+		esac
+		if [ -z "$_oib_chap_key" ]; then
+			OIB_ERROR="$_oib_chap_where gives ${_oib_chap_line%%=*}= a second time; $_oib_chap_syntax"
+			break
+		fi
+		_oib_chap_value=${_oib_chap_line#*=}
+		if ! oib_valid_chap_value "$_oib_chap_value"; then
+			if [ -z "$_oib_chap_value" ]; then
+				_oib_chap_why="is empty"
+			elif [ "${#_oib_chap_value}" -gt 255 ]; then
+				_oib_chap_why="is longer than 255 characters"
+			else
+				_oib_chap_why="has characters other than A-Z a-z 0-9 . _ : @ -"
+			fi
+			OIB_ERROR="$_oib_chap_where: the $_oib_chap_key $_oib_chap_why"
+			break
+		fi
+		case "$_oib_chap_key" in
+		username) _oib_chap_user=$_oib_chap_value ;;
+		password) _oib_chap_password=$_oib_chap_value ;;
+		esac
+		_oib_chap_line=
+	done <"$1"
+	if [ -n "$OIB_ERROR" ]; then
+		:
+	elif [ "$_oib_chap_n" -eq 0 ]; then
+		OIB_ERROR="$1 is empty; $_oib_chap_syntax"
+	elif [ -z "$_oib_chap_user" ]; then
+		OIB_ERROR="$1 has no username= line; $_oib_chap_syntax"
+	elif [ -z "$_oib_chap_password" ]; then
+		OIB_ERROR="$1 has no password= line; $_oib_chap_syntax"
+	else
+		OIB_CHAP_USER=$_oib_chap_user
+		OIB_CHAP_PASSWORD=$_oib_chap_password
+	fi
+	# the secret stays in OIB_CHAP_PASSWORD only
+	_oib_chap_line=
+	_oib_chap_value=
+	_oib_chap_user=
+	_oib_chap_password=
+	[ -z "$OIB_ERROR" ]
+}
+
+# oib_node_set_chap TARGET PORTAL: put OIB_CHAP_USER and OIB_CHAP_PASSWORD
+# into the node record of TARGET on PORTAL (authmethod CHAP).  iscsiadm
+# takes values only as arguments; it never prints them.  No tracing here.
+oib_node_set_chap() (
+	set +x
+	iscsiadm -m node -T "$1" -p "$2" -o update \
+		-n node.session.auth.authmethod -v CHAP \
+		-n node.session.auth.username -v "$OIB_CHAP_USER" \
+		-n node.session.auth.password -v "$OIB_CHAP_PASSWORD"
+)
+
+# ---------------------------------------------------------------------------
 # Settings (conf.d)
 # ---------------------------------------------------------------------------
 
@@ -627,6 +760,105 @@ oib_netmask_prefix() (
 		done
 	done
 	echo "$prefix"
+)
+
+# oib_ipv4_in_subnet ADDR IFADDR NETMASK: true when the IPv4 address ADDR
+# lies in the subnet IFADDR/NETMASK.  Compared octet by octet, so that no
+# shell needs more than small integers (a busybox may be built with 32-bit
+# arithmetic).  Also false when any of the three is malformed or the mask
+# is not contiguous.
+oib_ipv4_in_subnet() (
+	oib_valid_ipv4 "$1" && oib_valid_ipv4 "$2" || exit 1
+	oib_netmask_prefix "$3" >/dev/null || exit 1
+	addr=$1.
+	net=$2.
+	mask=$3.
+	while [ -n "$mask" ]; do
+		a=${addr%%.*}
+		n=${net%%.*}
+		m=${mask%%.*}
+		[ $((a & m)) -eq $((n & m)) ] || exit 1
+		addr=${addr#*.}
+		net=${net#*.}
+		mask=${mask#*.}
+	done
+	exit 0
+)
+
+# oib_net_conf_value FILE KEY: the value of KEY in a net-<dev>.conf file of
+# ipconfig (lines KEY='value'), read without sourcing the file.  Returns 1
+# when KEY is not there.
+oib_net_conf_value() (
+	[ -r "$1" ] || exit 1
+	found=1
+	value=
+	while IFS= read -r line || [ -n "$line" ]; do
+		case "$line" in
+		"$2"=*)
+			value=${line#*=}
+			case "$value" in
+			\'*\')
+				value=${value#\'}
+				value=${value%\'}
+				;;
+			esac
+			found=0
+			;;
+		esac
+	done <"$1"
+	[ "$found" -eq 0 ] || exit 1
+	printf '%s\n' "$value"
+)
+
+# oib_portal_netdev ADDR: the network device that reaches the portal
+# address ADDR, worked out from the net-<dev>.conf files that ipconfig
+# wrote in $OIB_NET_CONF_DIR (the initramfs carries no "ip route get"):
+# the device whose IPv4 subnet holds ADDR, the longest prefix winning as in
+# the kernel's routing table.  When no subnet holds it (a portal behind a
+# gateway, an IPv6 portal), the only configured device if there is exactly
+# one.  Returns 1 when that does not decide it (no device, or two devices
+# on the same subnet).  Files without a valid DEVICE, IPV4ADDR and
+# IPV4NETMASK are ignored.
+oib_portal_netdev() (
+	set +f	# callers may have globbing off
+	best=
+	best_prefix=-1
+	tie=n
+	seen=" "
+	only=
+	for conf in "$OIB_NET_CONF_DIR"/net-*.conf; do
+		[ -f "$conf" ] || continue
+		dev=$(oib_net_conf_value "$conf" DEVICE) || dev=
+		if [ -z "$dev" ]; then
+			dev=${conf##*/net-}
+			dev=${dev%.conf}
+		fi
+		oib_valid_ifname "$dev" || continue
+		ifaddr=$(oib_net_conf_value "$conf" IPV4ADDR) || continue
+		mask=$(oib_net_conf_value "$conf" IPV4NETMASK) || continue
+		[ "$ifaddr" != 0.0.0.0 ] || continue	# no address (yet)
+		oib_valid_ipv4 "$ifaddr" || continue
+		prefix=$(oib_netmask_prefix "$mask") || continue
+		case "$seen" in *" $dev "*) ;; *) seen="$seen$dev " ;; esac
+		only=$dev
+		oib_ipv4_in_subnet "$1" "$ifaddr" "$mask" || continue
+		if [ "$prefix" -gt "$best_prefix" ]; then
+			best=$dev
+			best_prefix=$prefix
+			tie=n
+		elif [ "$prefix" -eq "$best_prefix" ] && [ "$dev" != "$best" ]; then
+			tie=y
+		fi
+	done
+	if [ -n "$best" ]; then
+		[ "$tie" = n ] || exit 1
+		printf '%s\n' "$best"
+		exit 0
+	fi
+	case "$seen" in
+	" $only ") printf '%s\n' "$only" ;;
+	*) exit 1 ;;
+	esac
 )
 
 # ---------------------------------------------------------------------------
@@ -846,7 +1078,8 @@ oib_status_line() (
 )
 
 # oib_route_dev WORD...: the device in the output of "ip -o route get ADDR"
-# ("192.0.2.1 dev eth0 src 192.0.2.10 uid 0 cache").
+# ("192.0.2.1 dev eth0 src 192.0.2.10 uid 0 cache").  For the booted system,
+# which has iproute2; the initramfs uses oib_portal_netdev instead.
 oib_route_dev() (
 	prev=
 	for word in "$@"; do
