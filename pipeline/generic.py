@@ -46,6 +46,7 @@ RULES: tuple[Rule, ...] = (
     Rule("boot/efi/loader/random-seed", "boot loader random seed"),
     Rule("etc/iscsi/initiatorname.iscsi", "iSCSI initiator name (comes from the boot parameters)"),
     Rule("etc/initiatorname.iscsi", "iSCSI initiator name (initramfs copy)"),
+    Rule("etc/open-iscsi-boot/chap", "iSCSI CHAP credentials (come from the per-machine initrd)"),
     Rule("etc/iscsi/nodes/**", "iSCSI node record"),
     Rule("etc/iscsi/send_targets/**", "iSCSI discovery record"),
     Rule("var/lib/iscsi/**", "iSCSI node record"),

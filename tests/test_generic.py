@@ -125,6 +125,7 @@ def test_generic_tree_has_no_violations(clean):
     ("var/log/dpkg.log", "x"),
     ("etc/shadow-", ""),
     ("etc/initiatorname.iscsi", "InitiatorName=iqn.x\n"),
+    ("etc/open-iscsi-boot/chap", "username=u\npassword=p\n"),
     ("var/lib/systemd/random-seed", "\x00\x01"),
     ("etc/lvm/backup/vg0", "vg0 {}\n"),
 ])
