@@ -65,6 +65,7 @@ class MachinePlan:
     derived: Derived
     wanted: Built          # what the inventory asks for; new disks are cloned from it
     boot: BootSet          # what the machine will boot (wanted, unless its disk says otherwise)
+    boot_from: Built | None  # the triple its boot files come from; None: already published
     has_disk: bool
     note: str | None       # why the machine does not boot what it asked for
 
@@ -86,12 +87,11 @@ class Plan:
 
     def sources(self) -> dict[str, Path]:
         """TFTP-relative boot file -> the triple file it is copied from."""
-        tftp = TftpTree(self.inventory.site.tftp_root)
         found: dict[str, Path] = {}
         for m in self.machines:
-            if m.boot == m.wanted.boot(tftp):
-                found[m.boot.kernel] = m.wanted.triple.kernel
-                found[m.boot.initrd] = m.wanted.triple.initrd
+            if m.boot_from is not None:
+                found[m.boot.kernel] = m.boot_from.triple.kernel
+                found[m.boot.initrd] = m.boot_from.triple.initrd
         return found
 
 
@@ -149,13 +149,13 @@ def plan(inventory: Inventory, triples_dir: Path, *, fresh: frozenset[str] = fro
             problems.append(f"{where}: {problem}")
             continue
         has_disk = os.path.lexists(derived.disk) and machine.mac not in fresh
-        boot, note = wanted.boot(tftp), None
+        boot, boot_from, note = wanted.boot(tftp), wanted, None
         if has_disk:
-            boot, note, problem = _match_disk(machine, derived, wanted, built, tftp)
+            boot, boot_from, note, problem = _match_disk(machine, derived, wanted, built, tftp)
             if problem:
                 problems.append(f"{where}: {problem}")
                 continue
-        machines.append(MachinePlan(machine, derived, wanted, boot, has_disk, note))
+        machines.append(MachinePlan(machine, derived, wanted, boot, boot_from, has_disk, note))
     plan_ = Plan(inventory, triples_dir, tuple(machines), tuple(problems))
     if not problems:
         problems.extend(_unpublished_parts_problems(plan_))
@@ -177,14 +177,14 @@ def _wanted(machine: Machine, built: list[Built], inventory: Inventory,
 
 
 def _match_disk(machine: Machine, derived: Derived, wanted: Built, built: list[Built],
-                tftp: TftpTree) -> tuple[BootSet, str | None, str | None]:
-    """What a machine with a disk boots: (boot, note, problem)."""
+                tftp: TftpTree) -> tuple[BootSet, Built | None, str | None, str | None]:
+    """What a machine with a disk boots: (boot, its triple, note, problem)."""
     on_disk = disk_releases(derived.disk)
     if wanted.release in on_disk:
-        return wanted.boot(tftp), None, None
+        return wanted.boot(tftp), wanted, None, None
     have = ", ".join(sorted(on_disk)) or "none"
     if machine.release:
-        return wanted.boot(tftp), None, (
+        return wanted.boot(tftp), wanted, None, (
             f"{machine.key}.kernel: pinned to {machine.release}, but the machine's disk "
             f"{derived.disk} has no modules for it (it has: {have}); install that kernel inside "
             "the machine, pin one it has, or re-provision the machine")
@@ -194,7 +194,7 @@ def _match_disk(machine: Machine, derived: Derived, wanted: Built, built: list[B
     fallback = _newest([b for b in usable if b.flavour == wanted.flavour]) or _newest(usable)
     boot = fallback.boot(tftp) if fallback else _still_published(record, on_disk, tftp)
     if boot is None:
-        return wanted.boot(tftp), None, (
+        return wanted.boot(tftp), wanted, None, (
             f"{machine.key}: the machine's disk {derived.disk} has modules for {have} only, and "
             f"no triple of image {disk_image} with one of those releases is built or still "
             f"published; {wanted.release} would not find its modules.  Re-provision the machine, "
@@ -203,7 +203,7 @@ def _match_disk(machine: Machine, derived: Derived, wanted: Built, built: list[B
             f"{wanted.release}; re-provision it or install {wanted.release} inside the machine")
     if disk_image != machine.image:
         note += f" (its disk was cloned from image {disk_image}, not {machine.image})"
-    return boot, note, None
+    return boot, fallback, note, None
 
 
 def _still_published(record: dict[str, Any], on_disk: set[str], tftp: TftpTree) -> BootSet | None:
@@ -225,13 +225,13 @@ def _unpublished_parts_problems(plan_: Plan) -> list[str]:
     tftp, store = TftpTree(site.tftp_root), Store(site.store)
     to_check: dict[Path, str] = {}
     for m in plan_.machines:
-        digests = dict(m.wanted.sha256)
-        if m.boot == m.wanted.boot(tftp):
+        if m.boot_from is not None:
+            digests = dict(m.boot_from.sha256)
             for part, rel in (("kernel", m.boot.kernel), ("initrd", m.boot.initrd)):
                 if not tftp.path(rel).is_file():
-                    to_check[m.wanted.triple.path(part)] = digests[part]
+                    to_check[m.boot_from.triple.path(part)] = digests[part]
         if not m.wanted.template(store).is_file():
-            to_check[m.wanted.triple.root] = digests["root"]
+            to_check[m.wanted.triple.root] = dict(m.wanted.sha256)["root"]
     problems = []
     for path, digest in sorted(to_check.items()):
         if not path.is_file():

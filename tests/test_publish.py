@@ -307,6 +307,13 @@ def test_newer_kernel_missing_from_disk_keeps_old_kernel(fleet):
     assert f"kernel {NEW}" in fleet.tftp.path(d3.boot_script).read_text()
     assert json.loads(d3.record.read_text())["cloned"]["release"] == NEW
 
+    # A lost TFTP tree is made again, the old release's files from its triple.
+    shutil.rmtree(fleet.tftp.path("images"))
+    fleet.publish()
+    for line in fleet.tftp.path(d1.boot_script).read_text().splitlines():
+        if line.startswith(("kernel /", "initrd /")):
+            assert fleet.tftp.path(line.split()[1].lstrip("/")).is_file(), line
+
     # Even when the old triple is gone from the triples folder, the machine
     # keeps the boot files it had (still published).
     for path in Layout(fleet.base / "out").triple("trixie", OLD).parts().values():
