@@ -9,8 +9,8 @@ twice and nothing can disagree::
     mac_hyphen     52-54-00-12-34-01    iPXE's ${mac:hexhyp}; names its files
     initiator      iqn.<authority>:initiator.525400123401
     target         iqn.<authority>:root.525400123401
-    CHAP user      the initiator name (the usual convention; unique per machine,
-                                        as tgt's CHAP accounts are global)
+    CHAP user      the initiator name   (the usual convention; unique, as tgt's
+                                        CHAP accounts are global)
     CHAP password  random, made once and kept in the secrets file (not derived)
     disk (LUN)     <store>/disks/52-54-00-12-34-01.ext4
     record         <store>/records/52-54-00-12-34-01.json
@@ -23,7 +23,17 @@ twice and nothing can disagree::
 With authority ``2025-01.org.example`` that is
 ``iqn.2025-01.org.example:initiator.525400123401`` and
 ``iqn.2025-01.org.example:root.525400123401``, and the file-system UUID
-``6406b288-c69f-5174-bac2-004c70946789``.
+``6406b288-c69f-5174-bac2-004c70946789`` (NAMESPACE is
+6f1b8d0e-3c4e-4f0e-9a55-2f0b6c1d7a10, the project's fixed UUID namespace).
+
+The machine's kernel command line names all of it::
+
+    iscsitarget=<target>,<portal 1>,<portal 2>... iscsi_initiator=<initiator>
+    root=LABEL=<the triple's root label> ro systemd.hostname=<name> <site cmdline>
+
+and its CHAP user and password travel in the per-machine initrd (file
+etc/open-iscsi-boot/chap, mode 0600: ``username=...`` and ``password=...``),
+never on the command line.
 
 The disk, the target, the initiator and the UUID depend on the MAC (and the
 site's authority) only, never on the name: renaming a machine changes its

@@ -10,9 +10,16 @@
       store: /srv/iscsi                   # templates, disks, tgt config, records
       secrets: /var/lib/iscsi-fleet/secrets.yaml  # default <store>/secrets.yaml
       cmdline: "console=ttyS0"            # optional extra kernel arguments
+      # optional: dnsmasq_conf (default <store>/dnsmasq.conf), tftp_group (the
+      # group dnsmasq runs as, default dip), pxe_boot_file (default pxelinux.0)
     machines:
       52:54:00:12:34:01: {name: web1, image: trixie}
       52:54:00:12:34:02: {name: web2, image: trixie, kernel: 6.12.57+deb13-amd64}
+      52:54:00:12:34:03: {name: web3, image: trixie, kernel: cloud-amd64, address: 192.0.2.23}
+
+A machine boots the newest built release of its image's first kernel
+flavour, unless ``kernel`` names another flavour (then the newest of that)
+or pins a release.  ``address`` is a fixed IPv4 address for DHCP.
 
 Parsed once into frozen dataclasses; every problem of the file is reported
 together (one line each: ``<file>: <key path>: <what was expected>``), and

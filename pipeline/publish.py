@@ -205,6 +205,15 @@ def apply_tgt_config(conf: Path, control_port: int | None, secrets: Iterable[str
     log(f"tgt: applied {conf}")
 
 
+def tgt_targets(control_port: int | None) -> set[str]:
+    """Names of the targets a running tgtd serves."""
+    argv = ["tgtadm", "--mode", "target", "--op", "show"]
+    if control_port is not None:
+        argv[1:1] = ["-C", str(control_port)]
+    text = runner.output(argv)
+    return {m.group(1) for m in re.finditer(r"^Target [0-9]+: (\S+)$", text, re.MULTILINE)}
+
+
 # -- garbage collection, re-provisioning ------------------------------------------
 
 _MACHINE_FILE = re.compile(r"(?:01-)?[0-9a-f]{2}(?:-[0-9a-f]{2}){5}(?:\.ipxe|\.auth\.cpio)?")
@@ -278,6 +287,10 @@ def reprovision(inventory: Inventory, name: str, triples_dir: Path, *, apply_tgt
         if apply_tgt:
             secrets = chap.load(inventory.site.secrets).values()
             _tgt_admin(["--delete", derived.target], tgt_control_port, secrets)
+            # tgt-admin leaves a target that is in use and still exits 0.
+            if derived.target in tgt_targets(tgt_control_port):
+                raise PipelineError(f"{name} is still logged in to {derived.target}; nothing was "
+                                    "changed", hint=f"power {name} off first")
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
         backup = Store(inventory.site.store).disk_backup(machine.mac, stamp)
         disks.link_new(derived.disk, backup)

@@ -529,7 +529,21 @@ def test_apply_to_a_running_tgtd(fleet, tgtd):
     [backup] = fleet.store.disk_backups(WEB1)
     files = open_files(pid)
     assert str(d1.disk) in files and str(backup) not in files
-    assert tgt_show(port).count("Target ") == 3
+    assert pub.tgt_targets(port) == {fleet.derived(mac).target for mac in (WEB1, WEB2, WEB3)}
+
+
+def test_reprovision_refuses_a_machine_still_logged_in(fleet, tgtd, monkeypatch):
+    port, _pid = tgtd
+    fleet.publish(apply_tgt=True, tgt_control_port=port)
+    d1 = fleet.derived(WEB1)
+    before = sha256(d1.disk)
+    # tgt-admin --delete leaves a target with a logged-in initiator in place
+    # (and exits 0); stand in for the initiator by reporting the target as still there.
+    monkeypatch.setattr(pub, "tgt_targets", lambda _port: {d1.target})
+    with pytest.raises(PipelineError, match="web1 is still logged in"):
+        pub.reprovision(fleet.inventory, "web1", fleet.triples, apply_tgt=True,
+                        tgt_control_port=port, log=fleet.log.append)
+    assert fleet.store.disk_backups(WEB1) == [] and sha256(d1.disk) == before
 
 
 def test_tgt_errors_do_not_show_secrets(monkeypatch):
