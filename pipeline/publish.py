@@ -26,6 +26,8 @@ use), so that tgtd must serve this fleet only.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import grp
 import json
 import os
@@ -45,6 +47,21 @@ from .plan import Plan, plan, read_record
 
 Log = Callable[[str], None]
 TOOLS = ["cp", "tune2fs", "dumpe2fs", "debugfs"]
+
+
+def exclusive(func):
+    """One publish, gc or re-provision of an inventory at a time: they hold
+    an flock on the inventory file (nothing is created for it)."""
+    @functools.wraps(func)
+    def locked(inventory: Inventory, *args, **kwargs):
+        with open(inventory.path, "rb") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise PipelineError(f"{inventory.path}: another publish, gc or re-provision of "
+                                    "this inventory is running") from None
+            return func(inventory, *args, **kwargs)
+    return locked
 
 
 @dataclass
@@ -73,6 +90,7 @@ class Report:
         return "\n".join(lines)
 
 
+@exclusive
 def publish(inventory: Inventory, triples_dir: Path, *, apply_tgt: bool = False,
             tgt_control_port: int | None = None, log: Log = print) -> Report:
     """Check, then publish every machine of the inventory (see module doc)."""
@@ -219,6 +237,7 @@ def tgt_targets(control_port: int | None) -> set[str]:
 _MACHINE_FILE = re.compile(r"(?:01-)?[0-9a-f]{2}(?:-[0-9a-f]{2}){5}(?:\.ipxe|\.auth\.cpio)?")
 
 
+@exclusive
 def gc(inventory: Inventory, triples_dir: Path, *, log: Log = print) -> Report:
     """Remove the boot files, per-machine files and templates that no machine
     of the inventory uses, and leftovers of interrupted runs.  Never touches
@@ -265,6 +284,7 @@ def _is_published(name: str) -> bool:
     return True
 
 
+@exclusive
 def reprovision(inventory: Inventory, name: str, triples_dir: Path, *, apply_tgt: bool = False,
                 tgt_control_port: int | None = None, log: Log = print) -> Report:
     """Give machine ``name`` a fresh disk from its current template.
@@ -303,6 +323,7 @@ def reprovision(inventory: Inventory, name: str, triples_dir: Path, *, apply_tgt
     return report
 
 
+@exclusive
 def remove_backup(inventory: Inventory, name: str, *, log: Log = print) -> list[Path]:
     """Delete the disk backups that re-provisioning machine ``name`` kept."""
     try:

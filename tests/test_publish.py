@@ -582,3 +582,13 @@ def test_secrets_file_checks_and_mode(tmp_path):
         f"{path}: 52:54:00:12:34:01: expected a password of at least 12 letters and digits",
         f"{path}: not-a-mac: not a MAC address"]
     assert "short" not in str(info.value)
+
+
+def test_one_run_at_a_time(fleet):
+    import fcntl
+    with open(fleet.inventory_path, "rb") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        with pytest.raises(PipelineError, match="another publish, gc or re-provision"):
+            fleet.publish()
+    assert not (fleet.base / "store").exists()
+    fleet.publish()
