@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import debversion, ext4
+from . import debversion, runner
 from .bootfiles import BootSet
 from .derive import Derived, derive
-from .errors import ConfigError
+from .errors import ConfigError, PipelineError
 from .fsutil import read_json, sha256_file
 from .inventory import Inventory, Machine
 from .naming import Store, TftpTree, Triple, content_id
@@ -122,8 +122,18 @@ def _newest(candidates: list[Built]) -> Built | None:
 
 
 def disk_releases(disk: Path) -> set[str]:
-    """Kernel releases whose modules are on a disk (read-only)."""
-    return set(ext4.list_dir(disk, "/lib/modules"))
+    """Kernel releases whose modules are on a disk (read-only).
+
+    debugfs exits 0 even when it cannot open the file system; only its
+    messages (on stderr) tell, so they are read too.
+    """
+    text = runner.run(["debugfs", "-R", "ls -p /lib/modules", str(disk)])
+    if "Filesystem not open" in text or "while trying to open" in text:
+        reason = next((line for line in text.splitlines() if "while trying to open" in line), text)
+        raise PipelineError(reason.strip())
+    return {fields[4] for line in text.splitlines()
+            if line.startswith("/") and len(fields := line.strip().strip("/").split("/")) >= 5
+            and fields[4] not in (".", "..")}
 
 
 def read_record(path: Path) -> dict[str, Any]:
@@ -144,7 +154,7 @@ def plan(inventory: Inventory, triples_dir: Path, *, fresh: frozenset[str] = fro
     machines = []
     for machine in inventory.machines:
         derived = derive(site, machine)
-        wanted, problem = _wanted(machine, built, inventory, triples_dir)
+        wanted, problem = _wanted(machine, built, triples_dir)
         if wanted is None:
             problems.append(f"{where}: {problem}")
             continue
@@ -162,8 +172,7 @@ def plan(inventory: Inventory, triples_dir: Path, *, fresh: frozenset[str] = fro
     return Plan(inventory, triples_dir, tuple(machines), tuple(problems))
 
 
-def _wanted(machine: Machine, built: list[Built], inventory: Inventory,
-            triples_dir: Path) -> tuple[Built | None, str]:
+def _wanted(machine: Machine, built: list[Built], triples_dir: Path) -> tuple[Built | None, str]:
     mine = [b for b in built if b.image == machine.image]
     if machine.release:
         match = [b for b in mine if b.release == machine.release]
@@ -179,7 +188,12 @@ def _wanted(machine: Machine, built: list[Built], inventory: Inventory,
 def _match_disk(machine: Machine, derived: Derived, wanted: Built, built: list[Built],
                 tftp: TftpTree) -> tuple[BootSet, Built | None, str | None, str | None]:
     """What a machine with a disk boots: (boot, its triple, note, problem)."""
-    on_disk = disk_releases(derived.disk)
+    try:
+        on_disk = disk_releases(derived.disk)
+    except PipelineError as exc:
+        return wanted.boot(tftp), wanted, None, (
+            f"{machine.key}: cannot read /lib/modules on the machine's disk {derived.disk}: "
+            f"{exc.message.splitlines()[-1].strip(' |')}")
     if wanted.release in on_disk:
         return wanted.boot(tftp), wanted, None, None
     have = ", ".join(sorted(on_disk)) or "none"

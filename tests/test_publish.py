@@ -592,3 +592,14 @@ def test_one_run_at_a_time(fleet):
             fleet.publish()
     assert not (fleet.base / "store").exists()
     fleet.publish()
+
+
+def test_unreadable_disk_is_a_problem_not_a_crash(fleet):
+    fleet.publish()
+    d1 = fleet.derived(WEB1)
+    d1.disk.write_bytes(b"not a file system")
+    with pytest.raises(ConfigError) as info:
+        fleet.publish()
+    [problem] = info.value.problems
+    assert problem.startswith(f"{fleet.inventory_path}: machines[{WEB1}]: cannot read /lib/modules "
+                              f"on the machine's disk {d1.disk}: ")
