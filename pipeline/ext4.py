@@ -102,3 +102,31 @@ def extract(image: Path, paths: list[str], dest: Path) -> None:
     wanted = [p for p in paths if p.strip("/").split("/")[0] in present]
     if wanted:
         runner.run(["debugfs", "-R", "rdump " + " ".join(wanted) + f" {dest}", str(image)])
+
+
+def superblock(image: Path) -> dict[str, str]:
+    """The superblock fields ``dumpe2fs -h`` prints (name -> value)."""
+    text = runner.output(["dumpe2fs", "-h", str(image)])
+    fields = {}
+    for line in text.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and value.strip():
+            fields.setdefault(name.strip(), value.strip())
+    return fields
+
+
+def set_uuid(image: Path, fs_uuid: str, features: str) -> None:
+    """Give a copied image its own UUID, changing as few blocks as possible.
+
+    ``features`` is the image's "Filesystem features" line.  With
+    metadata_csum, every checksum is seeded by the UUID: changing it would
+    rewrite every group descriptor, inode and directory block (which also
+    unshares a reflinked clone from its template) and needs a freshly checked
+    file system.  Turning on metadata_csum_seed first keeps the old seed in
+    the superblock, so only the superblocks change and no e2fsck is needed
+    (kernel >= 4.4, e2fsprogs >= 1.43 read it).
+    """
+    names = features.split()
+    extra = ["-O", "metadata_csum_seed"] if "metadata_csum" in names \
+        and "metadata_csum_seed" not in names else []
+    runner.run(["tune2fs", *extra, "-U", fs_uuid, str(image)])

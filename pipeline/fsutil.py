@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,37 @@ def copy_file(src: Path, dst: Path) -> None:
     shutil.copyfile(src, tmp)
     os.chmod(tmp, 0o644)
     commit(tmp, dst)
+
+
+def write_if_changed(path: Path, data: bytes, mode: int, group: int | None = None) -> bool:
+    """Write ``data`` atomically unless ``path`` already holds exactly it.
+
+    Returns whether the file was written.  The temporary file is created with
+    mode 0600 and only then given its group and ``mode``, so a file that holds
+    a secret is never readable by anyone else, not even for a moment.  An
+    unchanged file is left alone (same inode, same mtime), which is what
+    makes a second publish a no-op.
+    """
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        pass
+    else:
+        if (stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == mode
+                and (group is None or st.st_gid == group) and st.st_size == len(data)
+                and path.read_bytes() == data):
+            return False
+    tmp = fresh_partial(path)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        if group is not None:
+            os.fchown(fd, -1, group)
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    commit(tmp, path)
+    return True

@@ -147,3 +147,41 @@ def extract(path: Path, dest: Path, prefixes: tuple[str, ...] = AUDIT_PREFIXES) 
             target.write_bytes(member.data)
             target.chmod(member.mode & 0o777)
     return releases
+
+
+# -- writing ------------------------------------------------------------------
+#
+# A small archive that a boot loader appends to the real initramfs (iPXE's
+# second ``initrd``): the kernel unpacks archives one after the other into the
+# same root.  Written here, not by cpio(1), so that it is byte-for-byte the
+# same for the same content (mtime 0, owner root, inode numbers from 1).
+
+S_IFDIR = 0o040000
+S_IFREG = 0o100000
+
+
+def _newc_entry(ino: int, name: str, mode: int, data: bytes) -> bytes:
+    encoded = name.encode("utf-8") + b"\0"
+    nlink = 2 if mode & 0o170000 == S_IFDIR else 1
+    # ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
+    fields = (ino, mode, 0, 0, nlink, 0, len(data), 0, 0, 0, 0, len(encoded), 0)
+    header = b"070701" + b"".join(b"%08X" % value for value in fields)
+    entry = header + encoded
+    entry += b"\0" * (-len(entry) % 4)
+    return entry + data + b"\0" * (-len(data) % 4)
+
+
+def write_newc(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """An uncompressed newc archive of ``entries`` (name, mode with file type,
+    data) in the given order, ended by the trailer.  Names are relative
+    (``etc/x``); a directory must come before what is in it."""
+    out = bytearray()
+    for ino, (name, mode, data) in enumerate(entries, start=1):
+        name = LEADING.sub("", name)
+        if not name or ".." in name.split("/") or mode & 0o170000 not in (S_IFDIR, S_IFREG):
+            raise ValueError(f"cannot archive {name!r} with mode {mode:o}")
+        if mode & 0o170000 == S_IFDIR and data:
+            raise ValueError(f"directory {name!r} with data")
+        out += _newc_entry(ino, name, mode, data)
+    out += _newc_entry(0, TRAILER, 0, b"")
+    return bytes(out)

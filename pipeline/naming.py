@@ -169,3 +169,152 @@ class Layout:
 def partial(path: Path) -> Path:
     """The temporary name a file or tree is written under before rename."""
     return path.with_name(path.name + PARTIAL)
+
+
+# -- the fleet: the TFTP tree and the iSCSI store that publish fills ----------
+#
+# A machine's files are named by its MAC in the form iPXE's ${mac:hexhyp}
+# and PXELINUX use: lower-case hex, hyphens (52-54-00-12-34-01).  Published
+# boot files carry a content id (the first 12 hex digits of their sha256)
+# next to image and release, so a rebuilt triple gets new names and never
+# replaces a file that a running machine booted from.
+
+MAC_RE = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
+CONTENT_ID_LEN = 12
+_CONTENT_ID_RE = re.compile(r"[0-9a-f]{%d}" % CONTENT_ID_LEN)
+# What publish writes into images/ (TFTP) and templates/ (store).
+PUBLISHED_SUFFIXES = {"kernel": ".vmlinuz", "initrd": ".initrd.img", "root": ".root.ext4"}
+BACKUP_INFIX = ".backup-"
+
+
+def check_mac(mac: str) -> str:
+    """A MAC in canonical form (lower case, colons); anything else is a bug."""
+    if not MAC_RE.fullmatch(mac):
+        raise ValueError(f"not a canonical MAC address: {mac!r}")
+    return mac
+
+
+def mac_hyphen(mac: str) -> str:
+    """52:54:00:12:34:01 -> 52-54-00-12-34-01 (iPXE's ${mac:hexhyp})."""
+    return check_mac(mac).replace(":", "-")
+
+
+def mac_hex(mac: str) -> str:
+    """52:54:00:12:34:01 -> 525400123401."""
+    return check_mac(mac).replace(":", "")
+
+
+def content_id(sha256: str) -> str:
+    """The short content id of a file from its sha256 (hex)."""
+    cid = sha256[:CONTENT_ID_LEN]
+    if not _CONTENT_ID_RE.fullmatch(cid):
+        raise ValueError(f"not a sha256 hex digest: {sha256!r}")
+    return cid
+
+
+def published_name(image: str, release: str, cid: str, part: str) -> str:
+    """``<image>_<release>_<cid><suffix>``: a triple's part as publish names it."""
+    if not _CONTENT_ID_RE.fullmatch(cid):
+        raise ValueError(f"not a content id: {cid!r}")
+    return f"{stem(image, release)}_{cid}{PUBLISHED_SUFFIXES[part]}"
+
+
+def parse_published(name: str) -> tuple[str, str, str, str]:
+    """Split a published file name into (image, release, cid, part)."""
+    for part, suffix in PUBLISHED_SUFFIXES.items():
+        if name.endswith(suffix):
+            base, sep, cid = name[: -len(suffix)].rpartition("_")
+            if sep and _CONTENT_ID_RE.fullmatch(cid):
+                image, release = parse_stem(base)
+                return image, release, cid, part
+    raise ValueError(f"not a published boot file or template name: {name!r}")
+
+
+@dataclass(frozen=True)
+class TftpTree:
+    """Names in the TFTP tree.  Methods return paths relative to the root,
+    with '/', as boot scripts and DHCP name them; :meth:`path` makes them
+    absolute."""
+
+    root: Path
+
+    BOOT_SCRIPT = "boot.ipxe"
+    IMAGES = "images"
+    MACHINES = "machines"
+    PXELINUX = "pxelinux.cfg"
+
+    def path(self, relative: str) -> Path:
+        return self.root / relative
+
+    def image_file(self, image: str, release: str, cid: str, part: str) -> str:
+        return f"{self.IMAGES}/{published_name(image, release, cid, part)}"
+
+    def machine_script(self, mac: str) -> str:
+        return f"{self.MACHINES}/{mac_hyphen(mac)}.ipxe"
+
+    def auth_initrd(self, mac: str) -> str:
+        return f"{self.MACHINES}/{mac_hyphen(mac)}.auth.cpio"
+
+    def pxelinux_config(self, mac: str) -> str:
+        # PXELINUX looks for 01-<mac> (01 = Ethernet hardware type).
+        return f"{self.PXELINUX}/01-{mac_hyphen(mac)}"
+
+
+@dataclass(frozen=True)
+class Store:
+    """Where the iSCSI side lives: templates, one disk per machine, tgt config."""
+
+    root: Path
+
+    @property
+    def templates(self) -> Path:
+        return self.root / "templates"
+
+    @property
+    def disks(self) -> Path:
+        return self.root / "disks"
+
+    @property
+    def records(self) -> Path:
+        return self.root / "records"
+
+    @property
+    def tgt_conf(self) -> Path:
+        return self.root / "tgt" / "targets.conf"
+
+    @property
+    def dnsmasq_conf(self) -> Path:
+        return self.root / "dnsmasq.conf"
+
+    @property
+    def secrets(self) -> Path:
+        return self.root / "secrets.yaml"
+
+    def template(self, image: str, release: str, cid: str) -> Path:
+        return self.templates / published_name(image, release, cid, "root")
+
+    def disk(self, mac: str) -> Path:
+        return self.disks / f"{mac_hyphen(mac)}.ext4"
+
+    def disk_backup(self, mac: str, stamp: str) -> Path:
+        """The old disk kept by a re-provision; ``stamp`` is UTC, e.g. 20250102T030405Z."""
+        if not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", stamp):
+            raise ValueError(f"not a UTC time stamp: {stamp!r}")
+        return self.disks / f"{mac_hyphen(mac)}.ext4{BACKUP_INFIX}{stamp}"
+
+    def disk_backups(self, mac: str) -> list[Path]:
+        return sorted(self.disks.glob(f"{mac_hyphen(mac)}.ext4{BACKUP_INFIX}*"))
+
+    def record(self, mac: str) -> Path:
+        """Which template a machine's disk was cloned from, and what it boots."""
+        return self.records / f"{mac_hyphen(mac)}.json"
+
+
+def initiator_iqn(authority: str, mac: str) -> str:
+    """The machine's iSCSI initiator name: iqn.<authority>:initiator.<12 hex>."""
+    return f"iqn.{authority}:initiator.{mac_hex(mac)}"
+
+
+def target_iqn(authority: str, mac: str) -> str:
+    """The machine's own target (its root disk): iqn.<authority>:root.<12 hex>."""
+    return f"iqn.{authority}:root.{mac_hex(mac)}"
