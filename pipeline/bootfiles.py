@@ -89,8 +89,11 @@ def chap_initrd(user: str, password: str) -> bytes:
         if not _CHAP_VALUE_RE.fullmatch(value):
             raise ValueError("CHAP user names and passwords must be of A-Z a-z 0-9 . _ : @ -")
     content = f"username={user}\npassword={password}\n".encode("ascii")
+    # The kernel creates no missing parent folders when it unpacks a cpio,
+    # and applies each folder entry's mode even when the folder exists:
+    # open-iscsi-boot's hook makes etc/open-iscsi-boot 0700, and so do we.
     return write_newc([("etc", S_IFDIR | 0o755, b""),
-                       ("etc/open-iscsi-boot", S_IFDIR | 0o755, b""),
+                       ("etc/open-iscsi-boot", S_IFDIR | 0o700, b""),
                        (CHAP_FILE, S_IFREG | 0o600, content)])
 
 

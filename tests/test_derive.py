@@ -152,6 +152,9 @@ def test_chap_initrd_contract(tmp_path):
     assert files[0].data == (b"username=iqn.2025-01.org.example:initiator.525400123401\n"
                              b"password=Secret.123_-@:x\n")
     assert all(m.is_dir for m in members if not m.is_file)
+    # The folder of the secret is as closed as the one open-iscsi-boot's hook makes.
+    assert {m.name: m.mode & 0o777 for m in members if m.is_dir} == {
+        "etc": 0o755, "etc/open-iscsi-boot": 0o700}
     assert len(blob) % 4 == 0 and b"TRAILER!!!" in blob
     # GNU cpio reads it too, with the same modes, owners and times.
     listing = subprocess.run(["cpio", "-itv", "--quiet"], input=blob, capture_output=True,
