@@ -34,10 +34,12 @@ from . import bootstrap, initramfs_cache, kernel, package, rootfs, runner, tripl
 from .errors import ConfigError, PipelineError
 from .fsutil import read_json, remove_tree, sha256_file, write_json
 from .naming import Layout, task_name
+from .inventory import load_inventory
+from .publish import publish
 from .recipe import Recipe, load_recipes
 
 __all__ = ["DOIT_CONFIG", "task_preflight", "task_package", "task_bootstrap", "task_kernel",
-           "task_rootfs", "task_build"]
+           "task_rootfs", "task_build", "task_publish"]
 
 # Host tools every build needs (the bootstrapper is checked per recipe).
 HOST_TOOLS = ["mkfs.ext4", "debugfs", "dumpe2fs", "zstd", "chroot",
@@ -56,6 +58,10 @@ class Settings:
     @property
     def overlays(self) -> Path:
         return self.project / "overlays"
+
+    @property
+    def inventory(self) -> Path:
+        return self.project / "inventory.yaml"
 
     @property
     def layout(self) -> Layout:
@@ -313,3 +319,33 @@ def task_build():
                    "clean": [(do_clean, [[stamp]])]}
         yield {"name": recipe.image, "actions": None, "task_dep": names,
                "doc": f"every triple of recipe {recipe.image}"}
+
+
+def publish_action(inventory: str, apply_tgt: bool, control_port: int | None):
+    """doit action of ``publish``: load the inventory, then publish it."""
+    def run() -> None:
+        path = Path(inventory)
+        if not path.is_file():
+            raise PipelineError(f"{path}: no such inventory",
+                                hint="copy inventory.example.yaml to inventory.yaml and edit it, "
+                                     "or name one with: doit publish --inventory FILE")
+        recipes = {recipe.image: recipe for recipe in load()}
+        fleet = load_inventory(path, recipes)
+        publish(fleet, SETTINGS.layout.triples, apply_tgt=apply_tgt,
+                tgt_control_port=control_port)
+    return guarded("publish", run)
+
+
+def task_publish():
+    """Publish the inventory's machines: TFTP/iPXE tree, disks, tgt and dnsmasq configuration."""
+    return {"actions": [(publish_action,)],
+            "params": [
+                {"name": "inventory", "long": "inventory", "default": str(SETTINGS.inventory),
+                 "help": "the site inventory (default: inventory.yaml in the project)"},
+                {"name": "apply_tgt", "long": "apply", "type": bool, "default": False,
+                 "help": "also load the tgt configuration into the running tgtd (tgt-admin)"},
+                {"name": "control_port", "long": "control-port", "type": int, "default": None,
+                 "help": "tgtd's control port for --apply (tgt-admin -C)"}],
+            "task_dep": ["build"],
+            "uptodate": [False],
+            "verbosity": 2}

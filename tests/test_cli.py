@@ -171,3 +171,29 @@ def test_fit_missing_files_is_a_clean_error(tmp_path):
     assert "Traceback" not in r.stderr
     assert r.returncode in (1, 2)
     assert "no such file" in (r.stdout + r.stderr).lower()
+
+
+def test_example_inventory_is_valid():
+    from pipeline.inventory import load_inventory
+    from pipeline.recipe import load_recipes
+    recipes = {r.image: r for r in load_recipes(PROJECT / "recipes", PROJECT / "overlays")}
+    fleet = load_inventory(PROJECT / "inventory.example.yaml", recipes)
+    assert [m.name for m in fleet.machines] == ["web1", "web2"]
+
+
+def test_fleet_command_on_a_bad_inventory_names_file_and_key(tmp_path):
+    bad = tmp_path / "inventory.yaml"
+    text = (PROJECT / "inventory.example.yaml").read_text()
+    bad.write_text(text.replace("tftp_root: /srv/tftp", f"tftp_root: {tmp_path / 'tftp'}")
+                   .replace("store: /srv/iscsi", f"store: {tmp_path / 'store'}")
+                   .replace("name: web2", "name: Web_2"))
+    proc = cli("publish", "--inventory", bad, "--triples", tmp_path / "none")
+    assert proc.returncode == 2
+    assert f"{bad}: machines[52:54:00:12:34:02].name: " in proc.stderr, proc.stderr
+    assert not (tmp_path / "tftp").exists() and not (tmp_path / "store").exists()
+
+
+def test_fleet_command_without_inventory_says_how_to_make_one(tmp_path):
+    proc = cli("gc", "--inventory", tmp_path / "missing.yaml")
+    assert proc.returncode == 2
+    assert "no such inventory" in proc.stderr and "inventory.example.yaml" in proc.stderr
