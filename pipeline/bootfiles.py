@@ -97,16 +97,28 @@ def chap_initrd(user: str, password: str) -> bytes:
                        (CHAP_FILE, S_IFREG | 0o600, content)])
 
 
+# tgt admits an initiator that passes its address ACL *or* its name ACL
+# (tgt 1.0.83 and later), and tgt-admin binds the address ACL "ALL" to every
+# target that names no initiator-address: the name ACL would then never
+# refuse anyone.  The limited broadcast address is never the source of a TCP
+# connection (and, compared against an IPv6 peer, never equals its 20-bit
+# flow label), so with it as the only address the name decides.
+NO_ADDRESS = "255.255.255.255"
+
+
 def tgt_config(inventory_path: Path, entries: list[tuple[Machine, Derived, str]]) -> str:
     """tgt's targets.conf: one target per machine, open only to that
     machine's initiator name with its CHAP password."""
     lines = [f"# iSCSI targets of the fleet in {inventory_path}, one per machine.",
              "# Made by publish; edits are overwritten.  Holds CHAP secrets: keep it mode 0600.",
+             f"# initiator-address {NO_ADDRESS} matches no initiator: it only stops tgt-admin",
+             "# from allowing every address, so that initiator-name is what admits a machine.",
              "default-driver iscsi", ""]
     for machine, derived, password in entries:
         lines += [f"# {machine.name} ({derived.mac})",
                   f"<target {derived.target}>",
                   f"    backing-store {derived.disk}",
+                  f"    initiator-address {NO_ADDRESS}",
                   f"    initiator-name {derived.initiator}",
                   f"    incominguser {derived.chap_user} {password}",
                   "</target>", ""]

@@ -375,10 +375,19 @@ class Lab:
         dhcp = []
         for bridge, _address, first, last in PATHS:
             dhcp += [f"--interface={bridge}", f"--dhcp-range={first},{last},255.255.255.0,1h"]
-        conf = str(self.dnsmasq_conf) if self.dnsmasq_conf else "/dev/null"
+        if self.dnsmasq_conf:
+            # As a site runs it: dnsmasq's own unprivileged user, the group
+            # the published configuration names.  (Run as root, dnsmasq's
+            # TFTP sends world-readable files only, and the CHAP initrds are
+            # not.)  The published tree must be reachable for that user.
+            # (--no-daemon would keep root: it is dnsmasq's debug mode.)
+            conf, user = str(self.dnsmasq_conf), ["--log-facility=-",
+                                                  f"--pid-file={self.work / 'dnsmasq.pid'}"]
+        else:
+            conf, user = "/dev/null", ["--no-daemon", "--user=root"]
         self.procs.append(runner.Background(in_ns(
-            self.ns, "dnsmasq", "--keep-in-foreground", "--no-daemon", f"--conf-file={conf}",
-            "--port=0", "--bind-interfaces", "--no-resolv", "--no-hosts", "--user=root",
+            self.ns, "dnsmasq", "--keep-in-foreground", f"--conf-file={conf}",
+            "--port=0", "--bind-interfaces", "--no-resolv", "--no-hosts", *user,
             "--dhcp-authoritative", "--dhcp-option=option:router", "--log-dhcp",
             f"--dhcp-leasefile={self.work / 'leases'}", *dhcp), self.work / "dnsmasq.log"))
         Path("/run/tgtd").mkdir(exist_ok=True)
@@ -502,6 +511,10 @@ class Lab:
             if not qemu.alive() or time.monotonic() > deadline:
                 raise PipelineError(f"qemu did not start: see {self.work / (name + '.qemu.log')}")
             time.sleep(0.1)
+        # Connect now: qemu drops what the guest writes to the agent's port
+        # while no client is connected, and a test may boot several machines
+        # before it waits for the first.
+        guest._connect()
         if links_down:
             for index in links_down:
                 guest.set_link(index, False)

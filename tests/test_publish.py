@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -193,6 +194,10 @@ def test_modes_and_secrets(fleet):
     assert listing == f"username={d1.initiator}\npassword={passwords[WEB1]}\n".encode()
     tgt = fleet.store.tgt_conf.read_text()
     assert f"incominguser {d1.initiator} {passwords[WEB1]}\n" in tgt
+    # Only the initiator name admits a machine: no address ACL that matches
+    # (tgt-admin would otherwise bind ALL, which tgt lets through on its own).
+    assert re.findall(r"^    initiator-address (\S+)$", tgt, re.M) == ["255.255.255.255"] * 2
+    assert f"initiator-name {d1.initiator}\n" in tgt
     # No secret in what publish printed.
     assert not any(p in line for p in passwords.values() for line in fleet.log)
 
@@ -512,7 +517,9 @@ def test_apply_to_a_running_tgtd(fleet, tgtd):
         block = shown.split(f": {d.target}\n", 1)[1].split("\nTarget ", 1)[0]
         assert f"Backing store path: {d.disk}\n" in block
         assert f"Account information:\n        {d.chap_user}\n" in block
-        assert f"ACL information:\n        ALL\n        {d.initiator}" in block
+        # The name is the only ACL that can match: no ALL.
+        acl = block.split("ACL information:\n", 1)[1].split()
+        assert acl == ["255.255.255.255", d.initiator], block
     assert any(line == "tgt: applied " + str(fleet.store.tgt_conf) for line in fleet.log)
 
     # A new machine appears without disturbing the others; nothing printed holds a secret.
