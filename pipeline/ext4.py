@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import uuid
 from pathlib import Path
 
@@ -53,18 +54,63 @@ def derived_uuid(*parts: str) -> str:
     return str(uuid.uuid5(NAMESPACE, "\0".join(parts)))
 
 
+# mke2fs's settings, so that the image's features are the pipeline's choice
+# and not whatever /etc/mke2fs.conf the build host has (the same as e2fsprogs
+# 1.47.2's ext4 defaults; kernels since 5.15 and e2fsck 1.47 know them all).
+MKE2FS_CONF = """\
+[defaults]
+	base_features = sparse_super,large_file,filetype,resize_inode,dir_index,ext_attr
+	default_mntopts = acl,user_xattr
+	enable_periodic_fsck = 0
+	blocksize = 4096
+	inode_size = 256
+	inode_ratio = 16384
+
+[fs_types]
+	ext4 = {
+		features = has_journal,extent,huge_file,flex_bg,metadata_csum,metadata_csum_seed,64bit,dir_nlink,extra_isize,orphan_file
+	}
+"""
+
+# From 1.47.1 on, mke2fs -d sorts each directory and, with SOURCE_DATE_EPOCH,
+# clamps every inode time: the same tree gives the same image.  1.47.0 takes
+# the order and the ctimes from the build host's file system.
+REPRODUCIBLE_FROM = (1, 47, 1)
+
+
+def mke2fs_version() -> tuple[int, ...]:
+    """mke2fs's version, e.g. (1, 47, 2); () if it cannot be read."""
+    text = runner.tool_version(["mkfs.ext4", "-V"])  # "mke2fs 1.47.2 (1-Jan-2025)"
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(part or 0) for part in match.groups()) if match else ()
+
+
+def reproducible_mke2fs() -> bool:
+    return mke2fs_version() >= REPRODUCIBLE_FROM
+
+
 def make_image(tree: Path, dest: Path, *, label: str, fs_uuid: str, hash_seed: str,
                headroom_percent: int, headroom_mib: int, source_date_epoch: int) -> int:
     """Write ``tree`` as an ext4 image at ``dest`` (which must not be in use)."""
     size = image_size(content_bytes(tree), headroom_percent, headroom_mib)
+    if not reproducible_mke2fs():
+        print(f"    warning: {runner.tool_version(['mkfs.ext4', '-V'])} cannot make the same "
+              "image twice from one tree (1.47.1 or newer can); ./setup-host installs one",
+              flush=True)
     if dest.exists():
         dest.unlink()
     with open(dest, "wb") as handle:
         handle.truncate(size)
+    conf = dest.with_name(dest.name + ".mke2fs.conf")
+    conf.write_text(MKE2FS_CONF, encoding="utf-8")
     env = {"SOURCE_DATE_EPOCH": str(source_date_epoch),
-           "E2FSPROGS_FAKE_TIME": str(source_date_epoch)}
-    runner.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", label, "-U", fs_uuid,
-                "-E", f"hash_seed={hash_seed}", "-d", str(tree), str(dest)], env=env)
+           "E2FSPROGS_FAKE_TIME": str(source_date_epoch),
+           "MKE2FS_CONFIG": str(conf)}
+    try:
+        runner.run(["mkfs.ext4", "-q", "-F", "-t", "ext4", "-L", label, "-U", fs_uuid,
+                    "-E", f"hash_seed={hash_seed}", "-d", str(tree), str(dest)], env=env)
+    finally:
+        conf.unlink(missing_ok=True)
     return size
 
 

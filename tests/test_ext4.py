@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from datetime import datetime, timezone
@@ -262,3 +263,38 @@ def test_fit_check_only_the_wrong_part_is_named(tmp_path):
     message = str(info.value)
     assert "root image" in message
     assert "kernel k.vmlinuz" not in message and "initramfs" not in message
+
+
+def test_the_same_tree_copied_elsewhere_gives_the_same_image(image, tmp_path):
+    # A copy has new ctimes and its own directory order on the build host's
+    # file system; files created after SOURCE_DATE_EPOCH are clamped to it.
+    # (mke2fs 1.47.1 and newer; ./setup-host installs one.)
+    dest, _size, want, base = image
+    copy = tmp_path / "copy"
+    subprocess.run(["cp", "-a", str(base / "tree"), str(copy)], check=True)
+    for path in sorted(copy.rglob("*")):
+        if not path.is_symlink():
+            os.utime(path)  # now: later than the epoch
+    again = tmp_path / "again.ext4"
+    ext4.make_image(copy, again, label=want["label"], fs_uuid=want["uuid"],
+                    hash_seed=want["seed"], headroom_percent=0, headroom_mib=0,
+                    source_date_epoch=EPOCH)
+    assert again.read_bytes() == dest.read_bytes()
+
+
+def test_features_are_the_pipelines_not_the_hosts(image):
+    dest, _size, _want, _base = image
+    features = set(dumpe2fs(dest)["Filesystem features"].split())
+    assert {"metadata_csum", "metadata_csum_seed", "orphan_file", "64bit", "extent"} <= features
+
+
+@pytest.mark.parametrize("text, version", [
+    ("mke2fs 1.47.0 (5-Feb-2023)", (1, 47, 0)),
+    ("mke2fs 1.47.2 (1-Jan-2025)", (1, 47, 2)),
+    ("mke2fs 1.48 (1-Jan-2030)", (1, 48, 0)),
+    ("unknown", ()),
+])
+def test_mke2fs_version(monkeypatch, text, version):
+    monkeypatch.setattr(ext4.runner, "tool_version", lambda argv: text)
+    assert ext4.mke2fs_version() == version
+    assert ext4.reproducible_mke2fs() == (version >= (1, 47, 1))
