@@ -17,7 +17,6 @@ out/bench/ (removed first; kept afterwards with --keep).  Needs root.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -29,18 +28,10 @@ import yaml  # noqa: E402
 
 from pipeline import chroot, ext4, runner  # noqa: E402
 from pipeline.fsutil import remove_tree  # noqa: E402
+from pipeline.project import write_project  # noqa: E402
 from pipeline.recipe import load_recipe  # noqa: E402
 
 GOALS = {"cold / floor": 1.2, "overlay-only / cold": 0.15, "second flavour / cold": 0.40}
-
-DODO = '''\
-import sys
-sys.path.insert(0, {project!r})
-from pipeline import tasks
-tasks.configure(project={here!r})
-from pipeline.tasks import *  # noqa: F401,F403
-'''
-
 
 def timed(label: str, func) -> float:
     print(f"--- {label}", flush=True)
@@ -67,17 +58,15 @@ def floor(recipe, work: Path) -> None:
     runner.run(["mkfs.ext4", "-q", "-F", "-L", "floor", "-d", str(tree), str(image)])
 
 
-def make_project(recipe_path: Path, project: Path, flavours: list[str]) -> None:
-    (project / "recipes").mkdir(parents=True, exist_ok=True)
+def recipe_text(recipe_path: Path, flavours: list[str]) -> str:
     data = yaml.safe_load(recipe_path.read_text())
     data["kernel_flavours"] = flavours
-    (project / "recipes" / recipe_path.name).write_text(yaml.safe_dump(data, sort_keys=False))
-    if not (project / "overlays").exists():
-        shutil.copytree(PROJECT / "overlays", project / "overlays", symlinks=True)
-    for name in ("open-iscsi-boot",):
-        if (PROJECT / name).exists() and not (project / name).exists():
-            (project / name).symlink_to(PROJECT / name)
-    (project / "dodo.py").write_text(DODO.format(project=str(PROJECT), here=str(project)))
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def make_project(recipe_path: Path, project: Path, flavours: list[str]) -> None:
+    write_project(project, {recipe_path.name: recipe_text(recipe_path, flavours)},
+                  overlays=PROJECT / "overlays", link_packages=True)
 
 
 def doit(project: Path, *args: str) -> None:
@@ -109,7 +98,8 @@ def main() -> int:
     overlay_file.write_text(overlay_file.read_text() + "# benchmark change\n")
     times["overlay"] = timed(f"(d) rebuild after changing {overlay_file.relative_to(project)}",
                              lambda: doit(project, "build"))
-    make_project(args.recipe, project, [first, second])
+    # Only the recipe changes: the overlay edit of (d) stays.
+    (project / "recipes" / args.recipe.name).write_text(recipe_text(args.recipe, [first, second]))
     times["second"] = timed(f"(e) add second flavour ({second})", lambda: doit(project, "build"))
 
     ratios = {"cold / floor": times["cold"] / times["floor"],

@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from pipeline.fsutil import mounts_under
+from pipeline.project import write_project
 
 PROJECT = Path(__file__).resolve().parent.parent
 SCRATCH = Path(os.environ.get("PIPELINE_IT_PROJECT", PROJECT / "out" / "it"))
@@ -31,44 +32,19 @@ MARKER = "etc/pipeline-it-marker"
 
 pytestmark = pytest.mark.slow
 
-DODO = f'''\
-"""A second project that uses the pipeline's task creators."""
-import sys
-sys.path.insert(0, {str(PROJECT)!r})
-from pipeline import tasks
-tasks.configure(project=__file__.rsplit("/", 1)[0])
-from pipeline.tasks import *  # noqa: F401,F403
-'''
-
-
 def make_scratch_project() -> None:
     """The default recipe with one flavour, plus a test overlay with a marker."""
-    (SCRATCH / "recipes").mkdir(parents=True, exist_ok=True)
     recipe = yaml.safe_load((PROJECT / "recipes" / f"{IMAGE}.yaml").read_text())
     recipe["kernel_flavours"] = [FLAVOUR]
     recipe["overlays"] = [*recipe.get("overlays", []), "it-marker"]
-    text = yaml.safe_dump(recipe, sort_keys=False)
-    path = SCRATCH / "recipes" / f"{IMAGE}.yaml"
-    if not path.exists() or path.read_text() != text:
-        path.write_text(text)
     other = PROJECT / "recipes" / "bookworm.yaml"
-    if not (SCRATCH / "recipes" / other.name).exists() or \
-            (SCRATCH / "recipes" / other.name).read_text() != other.read_text():
-        shutil.copyfile(other, SCRATCH / "recipes" / other.name)
-    (SCRATCH / "overlays").mkdir(exist_ok=True)
-    subprocess.run(["cp", "-a", "--remove-destination", f"{PROJECT / 'overlays'}/.",
-                    str(SCRATCH / "overlays")], check=True)
+    write_project(SCRATCH, {f"{IMAGE}.yaml": yaml.safe_dump(recipe, sort_keys=False),
+                            other.name: other.read_text()},
+                  overlays=PROJECT / "overlays", link_packages=True)
     marker = SCRATCH / "overlays" / "it-marker" / MARKER
     if not marker.exists():  # keep the last test's value: no rebuild at session start
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("first\n")
-    for name in ("open-iscsi-boot",):
-        link = SCRATCH / name
-        if (PROJECT / name).exists() and not link.exists():
-            link.symlink_to(PROJECT / name)
-    dodo = SCRATCH / "dodo.py"
-    if not dodo.exists() or dodo.read_text() != DODO:
-        dodo.write_text(DODO)
 
 
 def doit(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
