@@ -10,18 +10,22 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from . import chroot, runner
+from . import chroot, lock, runner
 from .fsutil import commit, fresh_partial
 from .recipe import Recipe
 
 
-def command(recipe: Recipe, target: Path) -> list[str]:
+def command(recipe: Recipe, target: Path, lock_options: list[str] | None = None) -> list[str]:
     """The bootstrapper's command line for ``recipe`` into ``target``."""
     packages = ",".join(recipe.packages)
     if recipe.bootstrapper == "mmdebstrap":
+        options = ["--aptopt=Acquire::Languages \"none\""]
+        if not recipe.mirror_check_valid_until:
+            # A snapshot mirror serves Release files whose Valid-Until has
+            # passed; the option stays in the tree for the later apt runs.
+            options.append("--aptopt=Acquire::Check-Valid-Until \"false\"")
         return ["mmdebstrap", "--mode=root", "--format=directory", "--variant=apt",
-                "--skip=cleanup/apt/lists",
-                "--aptopt=Acquire::Languages \"none\"",
+                "--skip=cleanup/apt/lists", *options, *(lock_options or []),
                 f"--include={packages}", recipe.suite, str(target), recipe.mirror]
     return ["debootstrap", "--variant=minbase", f"--include={packages}",
             recipe.suite, str(target), recipe.mirror]
@@ -34,7 +38,13 @@ def bootstrap(recipe: Recipe, dest: Path) -> None:
     if recipe.bootstrapper == "debootstrap":
         tmp.mkdir()
     env = {"SOURCE_DATE_EPOCH": str(recipe.source_date_epoch), "DEBIAN_FRONTEND": "noninteractive"}
-    runner.run(command(recipe, tmp), env=env, echo=True)
+    pref_file = fresh_partial(dest.with_name(dest.name + ".lock-pref"))
+    try:
+        options = lock.mmdebstrap_options(recipe.locked_versions, pref_file)
+        runner.run(command(recipe, tmp, options), env=env, echo=True)
+    finally:
+        pref_file.unlink(missing_ok=True)
+    lock.check(f"bootstrap {recipe.image}", tmp, recipe.locked_versions)
     if recipe.bootstrapper == "debootstrap":
         # debootstrap leaves no package lists; fetch them as mmdebstrap does.
         with chroot.mounted(tmp):

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import chroot
+from typing import Mapping
+
+from . import chroot, lock
 from .errors import PipelineError
 from .fsutil import commit, copy_tree, fresh_partial
 from .naming import check_release
@@ -62,19 +64,25 @@ def drop_apt_caches(tree: Path) -> None:
                 path.unlink()
 
 
-def install_kernel(base: Path, dest: Path, flavour: str, source_date_epoch: int) -> str:
-    """Copy ``base`` to ``dest`` and install the flavour's kernel; return its release."""
+def install_kernel(base: Path, dest: Path, flavour: str, source_date_epoch: int,
+                   locked: Mapping[str, str] | None = None) -> str:
+    """Copy ``base`` to ``dest`` and install the flavour's kernel; return its release.
+
+    With ``locked`` (package -> version), apt is pinned to those versions and
+    the tree must end up with exactly them.
+    """
     tmp = fresh_partial(dest)
     copy_tree(base, tmp)
     env = {"DEBIAN_FRONTEND": "noninteractive", "INITRD": "No",
            "SOURCE_DATE_EPOCH": str(source_date_epoch)}
-    with chroot.mounted(tmp):
+    with chroot.mounted(tmp), lock.pinned(tmp, locked or {}):
         lists = tmp / "var/lib/apt/lists"
         if not any(p.name.endswith("_Packages") for p in lists.glob("*")):
             chroot.run(tmp, ["apt-get", "update"], env=env, echo=True)
         chroot.run(tmp, ["apt-get", "install", "-y", "--no-install-recommends",
                          "-o", "Dpkg::Use-Pty=0", package(flavour)], env=env, echo=True)
     drop_apt_caches(tmp)
+    lock.check(f"kernel {flavour}", tmp, locked or {})
     release = installed_release(tmp)
     commit(tmp, dest)
     return release

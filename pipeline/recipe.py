@@ -49,8 +49,9 @@ _MIRROR_RE = re.compile(r"(https?|file|copy)://\S+")
 TOP = "(top level)"
 
 _TOP_KEYS = (
-    "image", "suite", "mirror", "bootstrapper", "packages", "kernel_flavours",
-    "overlays", "root_image", "initramfs", "source_date_epoch", "description",
+    "image", "suite", "mirror", "mirror_check_valid_until", "bootstrapper", "packages",
+    "kernel_flavours", "overlays", "root_image", "initramfs", "source_date_epoch",
+    "description", "lock",
 )
 _REQUIRED = ("image", "suite", "packages", "kernel_flavours", "source_date_epoch")
 _ROOT_IMAGE_KEYS = ("label", "headroom_percent", "headroom_mib")
@@ -75,7 +76,12 @@ _EXPECT = {
     "headroom_mib": "a non-negative integer",
     "source_date_epoch": "a non-negative integer (seconds since 1970-01-01 UTC)",
     "description": "a string",
+    "mirror_check_valid_until": "true or false (false for a snapshot mirror, whose "
+                                "Release files have expired)",
+    "lock": "a manifest of an earlier build (a .manifest.json file, relative to the recipe), "
+            "or a list of them",
 }
+_VERSION_RE = re.compile(r"[0-9][A-Za-z0-9.+~:-]*")
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,10 @@ class Recipe:
     initramfs: Initramfs
     source_date_epoch: int
     description: str
+    mirror_check_valid_until: bool = True
+    # (package, version) pairs from the lock's manifests, sorted; empty: no lock.
+    lock: tuple[tuple[str, str], ...] = ()
+    lock_files: tuple[str, ...] = ()   # as written in the recipe
 
     @property
     def digest(self) -> str:
@@ -112,20 +122,50 @@ class Recipe:
 
         Overlay *contents* are not part of it, only their names.
         """
-        data = dataclasses.asdict(self)
-        del data["path"]
-        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+        return _digest(self, ("path",))
+
+    @property
+    def triple_digest(self) -> str:
+        """sha256 of what shapes the bytes of a triple, and nothing else.
+
+        Left out: where packages come from and how their versions are held
+        (``mirror``, ``mirror_check_valid_until``, ``lock``: the manifest lists
+        the versions that went in), which other triples the recipe makes
+        (``kernel_flavours``: each triple is one flavour, and its manifest
+        names it), the description and the file's path.  So a locked
+        rebuild from a snapshot mirror, or one flavour built alone, can be
+        the same bytes as the build it repeats.  The root's UUID and hash seed
+        are derived from it.
+        """
+        return _digest(self, ("path", "mirror", "mirror_check_valid_until", "lock",
+                              "lock_files", "kernel_flavours", "description"))
+
+    @property
+    def locked_versions(self) -> dict[str, str]:
+        return dict(self.lock)
 
     def bootstrap_identity(self) -> dict[str, Any]:
         """The fields that determine the bootstrap output (JSON-ready)."""
-        return {
+        identity: dict[str, Any] = {
             "suite": self.suite,
             "mirror": self.mirror,
             "bootstrapper": self.bootstrapper,
             "packages": list(self.packages),
             "source_date_epoch": self.source_date_epoch,
         }
+        if not self.mirror_check_valid_until:
+            identity["mirror_check_valid_until"] = False
+        if self.lock:
+            identity["lock"] = hashlib.sha256(json.dumps(self.lock).encode()).hexdigest()
+        return identity
+
+
+def _digest(recipe: Recipe, leave_out: tuple[str, ...]) -> str:
+    data = dataclasses.asdict(recipe)
+    for name in leave_out:
+        del data[name]
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def load_recipe(
@@ -349,6 +389,12 @@ def _build(
                               _EXPECT["source_date_epoch"], 0)
     description = check.string(
         "description", data.get("description", ""), _EXPECT["description"]) or ""
+    valid_until = data.get("mirror_check_valid_until", True)
+    if not isinstance(valid_until, bool):
+        check.add("mirror_check_valid_until",
+                  f"expected {_EXPECT['mirror_check_valid_until']}, {_got(valid_until)}")
+        valid_until = True
+    lock_files, lock = _lock(check, data.get("lock"), path.parent, bootstrapper)
 
     if check.problems:
         return None
@@ -356,7 +402,8 @@ def _build(
         path=path, image=image, suite=suite, mirror=mirror, bootstrapper=bootstrapper,
         packages=tuple(packages), kernel_flavours=tuple(flavours), overlays=tuple(overlays),
         root_image=root_image, initramfs=initramfs, source_date_epoch=epoch,
-        description=description,
+        description=description, mirror_check_valid_until=valid_until,
+        lock=lock, lock_files=lock_files,
     )
 
 
@@ -466,3 +513,67 @@ def _overlays(check: _Checker, value: Any, overlays_dir: Path) -> list[str]:
         else:
             names.append(name)
     return names
+
+
+def _lock(check: _Checker, value: Any, recipe_dir: Path,
+          bootstrapper: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
+    """The lock's files and the (package, version) pairs they hold.
+
+    A lock is one or more manifests of earlier builds (one per flavour, so
+    that every flavour's kernel is in it); their package lists are merged,
+    and a package they disagree on is an error.
+    """
+    if value is None:
+        return (), ()
+    if bootstrapper != "mmdebstrap":
+        check.add("lock", f"needs bootstrapper mmdebstrap (debootstrap cannot hold "
+                          f"package versions), not {bootstrapper}")
+        return (), ()
+    items = [("lock", value)] if isinstance(value, str) else \
+        [(key, item) for key, item in check.name_list("lock", value, _EXPECT["lock"], True)]
+    if not isinstance(value, (str, list)):
+        return (), ()
+    merged: dict[str, tuple[str, str]] = {}
+    for key, name in items:
+        if not isinstance(name, str) or not name:
+            check.add(key, f"expected {_EXPECT['lock']}, {_got(name)}")
+            continue
+        lock_path = (recipe_dir / name) if not Path(name).is_absolute() else Path(name)
+        packages = _lock_packages(check, key, lock_path)
+        for package, version in packages.items():
+            first = merged.setdefault(package, (version, str(lock_path)))
+            if first[0] != version:
+                check.add(key, f"{lock_path}: package {package!r} is {version!r}, but "
+                               f"{first[0]!r} in {first[1]}; a lock must agree on every package")
+    return (tuple(name for _key, name in items if isinstance(name, str)),
+            tuple(sorted((package, version) for package, (version, _f) in merged.items())))
+
+
+def _lock_packages(check: _Checker, key: str, path: Path) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        check.add(key, f"{path}: no such file; expected {_EXPECT['lock']}")
+        return {}
+    except (OSError, UnicodeDecodeError) as exc:
+        check.add(key, f"{path}: cannot read it ({exc}); expected {_EXPECT['lock']}")
+        return {}
+    except json.JSONDecodeError as exc:
+        check.add(key, f"{path}: not JSON (line {exc.lineno}: {exc.msg}); "
+                       f"expected {_EXPECT['lock']}")
+        return {}
+    packages = data.get("packages") if isinstance(data, dict) else None
+    if not isinstance(packages, dict) or not packages:
+        check.add(key, f"{path}: has no 'packages' mapping of package names to versions; "
+                       f"expected {_EXPECT['lock']}")
+        return {}
+    good = {}
+    for package, version in packages.items():
+        name = package.split(":", 1)[0] if isinstance(package, str) else ""
+        if not _PACKAGE_RE.fullmatch(name) or not isinstance(version, str) \
+                or not _VERSION_RE.fullmatch(version):
+            check.add(key, f"{path}: packages.{package}: expected a Debian package name "
+                           f"and version, got {version!r}")
+            continue
+        good[package] = version
+    return good

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Sequence
 
-from . import chroot, generic, initramfs_cache, runner
+from . import chroot, generic, initramfs_cache, lock, runner
 from .errors import PipelineError
 from .fsutil import commit, copy_tree, fresh_partial
 from .recipe import Recipe
@@ -141,6 +141,31 @@ def make_initramfs(tree: Path, release: str, env: dict[str, str], recipe: Recipe
                   flush=True)
 
 
+# apt gives these to its sandbox user (_apt) when it can reach them as that
+# user, and leaves them root's when a folder above the build tree is closed
+# to it (a checkout under /root, say): their owner would say where the image
+# was built.  They get what apt gives them.
+APT_SANDBOX_DIRS = (("var/lib/apt/lists/partial", 0o700),
+                    ("var/cache/apt/archives/partial", 0o700),
+                    ("var/lib/apt/lists/auxfiles", 0o755))
+
+
+def settle_apt_dirs(tree: Path) -> None:
+    uid = None
+    passwd = tree / "etc/passwd"
+    for line in passwd.read_text(encoding="utf-8").splitlines() if passwd.is_file() else []:
+        fields = line.split(":")
+        if len(fields) > 2 and fields[0] == "_apt":
+            uid = int(fields[2])
+    if uid is None:
+        return
+    for rel, mode in APT_SANDBOX_DIRS:
+        path = tree / rel
+        if path.is_dir() and not path.is_symlink():
+            os.chown(path, uid, 0)
+            os.chmod(path, mode)
+
+
 def make_root(kernel_tree: Path, dest: Path, recipe: Recipe, release: str,
               overlays: Sequence[Path], debs: Sequence[Path],
               cache: initramfs_cache.Cache | None = None) -> list[str]:
@@ -157,7 +182,11 @@ def make_root(kernel_tree: Path, dest: Path, recipe: Recipe, release: str,
            "SOURCE_DATE_EPOCH": str(recipe.source_date_epoch)}
     with chroot.mounted(tmp):
         if debs:
-            install_debs(tmp, debs, env)
+            with lock.pinned(tmp, recipe.locked_versions):
+                install_debs(tmp, debs, env)
+            # The injected packages are built here, not taken from the mirror.
+            lock.check(f"rootfs {recipe.image}", tmp, recipe.locked_versions,
+                       exempt=frozenset(map(package_name, debs)))
         # No apt-get clean: nothing is downloaded unless apt had to step in,
         # and the strip removes apt's caches and downloads (generic.RULES:
         # var/cache/apt/*.bin, var/cache/apt/archives/*.deb) either way.
@@ -166,5 +195,6 @@ def make_root(kernel_tree: Path, dest: Path, recipe: Recipe, release: str,
         make_initramfs(tmp, release, env, recipe, overlays, debs, cache)
     # mkinitramfs may leave temporary files; the tree must still be clean.
     removed += generic.strip(tmp)
+    settle_apt_dirs(tmp)
     commit(tmp, dest)
     return removed

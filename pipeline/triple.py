@@ -24,8 +24,9 @@ def assemble(recipe: Recipe, flavour: str, release: str, tree: Path, layout: Lay
     tmp = {part: fresh_partial(path) for part, path in triple.parts().items()}
     shutil.copyfile(tree / "boot" / f"vmlinuz-{release}", tmp["kernel"])
     shutil.copyfile(tree / "boot" / f"initrd.img-{release}", tmp["initrd"])
-    fs_uuid = ext4.derived_uuid("root", recipe.digest, release)
-    hash_seed = ext4.derived_uuid("hash-seed", recipe.digest, release)
+    # Derived, never random: the same recipe and release give the same bytes.
+    fs_uuid = ext4.derived_uuid("root", recipe.triple_digest, release)
+    hash_seed = ext4.derived_uuid("hash-seed", recipe.triple_digest, release)
     ext4.make_image(tree, tmp["root"], label=recipe.root_image.label, fs_uuid=fs_uuid,
                     hash_seed=hash_seed, headroom_percent=recipe.root_image.headroom_percent,
                     headroom_mib=recipe.root_image.headroom_mib,

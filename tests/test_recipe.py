@@ -315,3 +315,103 @@ def test_project_recipes_parse() -> None:
         pytest.skip("no recipes/*.yaml in the project yet")
     recipes = load_recipes(recipes_dir, PROJECT / "overlays")  # the real /etc/apt
     assert recipes
+
+
+# -- lock and snapshot mirrors ------------------------------------------------
+
+def manifest_file(directory: Path, name: str, packages: object) -> Path:
+    path = directory / name
+    path.write_text(__import__("json").dumps({"format": 1, "packages": packages}))
+    return path
+
+
+def test_lock_from_manifests(tmp_path: Path, overlays: Path, apt: Path) -> None:
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    manifest_file(recipes, "a.manifest.json", {"libc6:amd64": "2.41-12", "systemd": "257.9-1"})
+    manifest_file(recipes, "b.manifest.json", {"systemd": "257.9-1", "linux-image-6.12.57+deb13-cloud-amd64": "6.12.57-1"})
+    path = write(tmp_path, recipe_text(lock="lock: [a.manifest.json, b.manifest.json]"))
+    recipe = load_recipe(path, overlays, apt)
+    assert recipe.locked_versions == {"libc6:amd64": "2.41-12", "systemd": "257.9-1",
+                                      "linux-image-6.12.57+deb13-cloud-amd64": "6.12.57-1"}
+    assert recipe.lock_files == ("a.manifest.json", "b.manifest.json")
+    single = load_recipe(write(tmp_path, recipe_text(lock="lock: a.manifest.json"), "s.yaml"),
+                         overlays, apt)
+    assert single.locked_versions == {"libc6:amd64": "2.41-12", "systemd": "257.9-1"}
+    # The lock is part of what the bootstrap depends on.
+    unlocked = load_recipe(write(tmp_path, recipe_text(), "u.yaml"), overlays, apt)
+    assert "lock" not in unlocked.bootstrap_identity()
+    assert single.bootstrap_identity()["lock"] != recipe.bootstrap_identity()["lock"]
+
+
+@pytest.mark.parametrize("lock, files, expected", [
+    ("lock: missing.json", {}, ": lock: {dir}/missing.json: no such file"),
+    ("lock: bad.json", {"bad.json": "{not json"}, ": lock: {dir}/bad.json: not JSON (line 1"),
+    ("lock: empty.json", {"empty.json": "{}"}, ": lock: {dir}/empty.json: has no 'packages' mapping"),
+    ("lock: odd.json", {"odd.json": '{"packages": {"vim": "not a version"}}'},
+     ": lock: {dir}/odd.json: packages.vim: expected a Debian package name and version"),
+    ("lock: [x.json, y.json]", {"x.json": '{"packages": {"vim": "2:9.1-1"}}',
+                                "y.json": '{"packages": {"vim": "2:9.0-1"}}'},
+     ": lock[1]: {dir}/y.json: package 'vim' is '2:9.0-1', but '2:9.1-1' in {dir}/x.json"),
+    ("lock: 7", {}, ": lock: expected a manifest of an earlier build"),
+    ("lock: []", {}, ": lock: expected a manifest of an earlier build"),
+])
+def test_bad_lock(tmp_path: Path, overlays: Path, apt: Path, lock: str, files: dict[str, str],
+                  expected: str) -> None:
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    for name, text in files.items():
+        (recipes / name).write_text(text)
+    path = write(tmp_path, recipe_text(lock=lock))
+    with pytest.raises(ConfigError) as info:
+        load_recipe(path, overlays, apt)
+    wanted = f"{path}{expected.format(dir=recipes)}"
+    assert any(p.startswith(wanted) for p in info.value.problems), info.value.problems
+
+
+def test_lock_needs_mmdebstrap(tmp_path: Path, overlays: Path, apt: Path) -> None:
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    manifest_file(recipes, "a.json", {"vim": "2:9.1-1"})
+    path = write(tmp_path, recipe_text(lock="lock: a.json", bootstrapper="bootstrapper: debootstrap"))
+    with pytest.raises(ConfigError, match=r": lock: needs bootstrapper mmdebstrap"):
+        load_recipe(path, overlays, apt)
+
+
+def test_mirror_check_valid_until(tmp_path: Path, overlays: Path, apt: Path) -> None:
+    path = write(tmp_path, recipe_text(extra="mirror_check_valid_until: false"))
+    recipe = load_recipe(path, overlays, apt)
+    assert recipe.mirror_check_valid_until is False
+    assert recipe.bootstrap_identity()["mirror_check_valid_until"] is False
+    assert load_recipe(write(tmp_path, recipe_text(), "b.yaml"), overlays, apt).mirror_check_valid_until
+    bad = write(tmp_path, recipe_text(extra="mirror_check_valid_until: no-thanks"), "c.yaml")
+    with pytest.raises(ConfigError, match=r": mirror_check_valid_until: expected true or false"):
+        load_recipe(bad, overlays, apt)
+
+
+def test_triple_digest_leaves_out_where_packages_come_from(tmp_path: Path, overlays: Path,
+                                                           apt: Path) -> None:
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    manifest_file(recipes, "a.json", {"vim": "2:9.1-1"})
+    base = load_recipe(write(tmp_path, recipe_text(), "a.yaml"), overlays, apt)
+    same = {
+        "mirror": recipe_text(mirror="mirror: http://snapshot.example/archive/debian/20250101T000000Z"),
+        "valid-until": recipe_text(extra="mirror_check_valid_until: false"),
+        "lock": recipe_text(lock="lock: a.json"),
+        "flavours": recipe_text(kernel_flavours="kernel_flavours: [amd64]"),
+        "description": recipe_text(description="description: Another text."),
+    }
+    for name, text in same.items():
+        other = load_recipe(write(tmp_path, text, f"{name}.yaml"), overlays, apt)
+        assert other.triple_digest == base.triple_digest, name
+        assert other.digest != base.digest, name
+    different = {
+        "packages": recipe_text(packages="packages: [systemd, open-iscsi]"),
+        "epoch": recipe_text(source_date_epoch="source_date_epoch: 1700000001"),
+        "label": recipe_text(root_image="root_image:\n  label: other"),
+        "suite": recipe_text(suite="suite: trixie"),
+    }
+    for name, text in different.items():
+        other = load_recipe(write(tmp_path, text, f"{name}.yaml"), overlays, apt)
+        assert other.triple_digest != base.triple_digest, name

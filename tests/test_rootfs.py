@@ -191,3 +191,20 @@ def test_drop_apt_caches(tmp_path):
     kernel.drop_apt_caches(tmp_path)
     assert [rel for rel in files + kept if (tmp_path / rel).exists()] == kept
     assert (tmp_path / "var/cache/apt/archives/partial").is_dir()
+
+
+def test_apt_sandbox_dirs_get_apts_owner_wherever_the_build_ran(tmp_path):
+    # As apt leaves them when a folder above the tree was closed to _apt.
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n"
+                                         "_apt:x:42:65534::/nonexistent:/usr/sbin/nologin\n")
+    for rel, _mode in rootfs.APT_SANDBOX_DIRS:
+        (tmp_path / rel).mkdir(parents=True)
+        (tmp_path / rel).chmod(0o755)
+    rootfs.settle_apt_dirs(tmp_path)
+    for rel, mode in rootfs.APT_SANDBOX_DIRS:
+        st = (tmp_path / rel).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (42, 0, mode), rel
+    # No _apt user (a tree without apt): nothing to do, nothing fails.
+    (tmp_path / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    rootfs.settle_apt_dirs(tmp_path)
