@@ -76,6 +76,14 @@ def run(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None
     that is the progress shown for long steps (mmdebstrap, apt, mkinitramfs).
     Without it the output is only kept for the error message.
     """
+    return run_status(argv, env=env, cwd=cwd, echo=echo, check=check, timeout=timeout)[1]
+
+
+def run_status(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None = None,
+               cwd: str | os.PathLike[str] | None = None, echo: bool = False,
+               check: bool = False, timeout: float | None = None) -> tuple[int, str]:
+    """Like :func:`run`, for tools whose exit status is an answer (diffoscope:
+    1 means "different"): return (status, output); raise only with ``check``."""
     args = _argv(argv, (env or {}).get("PATH"))
     full_env = clean_env(env)
     lines: list[str] = []
@@ -116,7 +124,7 @@ def run(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, str] | None
         raise CommandError(args, returncode, "".join(tail) + f"(timed out after {timeout:g} s)\n")
     if check and returncode != 0:
         raise CommandError(args, returncode, "".join(tail))
-    return "".join(lines)
+    return returncode, "".join(lines)
 
 
 def output(argv: Sequence[str | os.PathLike[str]], **kwargs) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import bootstrap, initramfs_cache, kernel, package, rootfs, runner, triple
+from . import bootstrap, initramfs_cache, kernel, package, repro, rootfs, runner, triple
 from .errors import ConfigError, PipelineError
 from .fsutil import read_json, remove_tree, sha256_file, write_json
 from .naming import Layout, task_name
@@ -39,7 +39,11 @@ from .publish import publish
 from .recipe import Recipe, load_recipes
 
 __all__ = ["DOIT_CONFIG", "task_preflight", "task_package", "task_bootstrap", "task_kernel",
-           "task_rootfs", "task_build", "task_publish"]
+           "task_rootfs", "task_build", "task_publish", "task_repro"]
+
+# Every step creates files with this umask, whatever the caller's is: modes
+# of files the pipeline writes end up in the images.
+UMASK = 0o022
 
 # Host tools every build needs (the bootstrapper is checked per recipe).
 HOST_TOOLS = ["mkfs.ext4", "debugfs", "dumpe2fs", "zstd", "chroot",
@@ -99,7 +103,11 @@ def load() -> tuple[Recipe, ...]:
         for problem in exc.problems:
             print("  " + problem, file=sys.stderr)
         raise SystemExit(2) from None
-    SETTINGS.out.mkdir(parents=True, exist_ok=True)
+    caller_umask = os.umask(UMASK)  # apt's sandbox user must be able to enter out/
+    try:
+        SETTINGS.out.mkdir(parents=True, exist_ok=True)
+    finally:
+        os.umask(caller_umask)
     return tuple(recipes)
 
 
@@ -118,12 +126,15 @@ def file_digest(path: Path) -> str:
 
 def guarded(label: str, func, *args) -> TaskFailed | None:
     """Run one step: print start/end, turn user errors into a clean failure."""
+    caller_umask = os.umask(UMASK)
     try:
         with runner.step(label):
             func(*args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return TaskFailed(str(exc))
+    finally:
+        os.umask(caller_umask)
     return None
 
 
@@ -149,7 +160,7 @@ def do_bootstrap(recipe: Recipe, layout: Layout) -> None:
 def do_kernel(recipe: Recipe, flavour: str, layout: Layout) -> None:
     tree = layout.kernel_tree(recipe.image, flavour)
     release = kernel.install_kernel(layout.base_tree(recipe.image), tree, flavour,
-                                    recipe.source_date_epoch)
+                                    recipe.source_date_epoch, recipe.locked_versions)
     write_json(layout.kernel_stamp(recipe.image, flavour), {
         "base": file_digest(layout.base_stamp(recipe.image)), "flavour": flavour,
         "release": release, "dpkg_status": bootstrap.dpkg_status_digest(tree)})
@@ -349,3 +360,28 @@ def task_publish():
             "task_dep": ["build"],
             "uptodate": [False],
             "verbosity": 2}
+
+
+def do_repro(recipe: Recipe, flavours: list[str] | None, name: str) -> None:
+    work = SETTINGS.out / "repro" / name
+    result = repro.run(SETTINGS.project, recipe, flavours, work, f"build:{name}")
+    print(result.table(), flush=True)
+    if not result.same:
+        raise PipelineError(
+            f"{name} is not reproducible: {len(result.different)} of {len(result.parts)} "
+            "files differ between the two builds; the reports are named above",
+            hint=f"both builds stay in {work} for a closer look")
+    print(f"    {name}: both builds are the same, byte for byte ({len(result.parts)} files)")
+
+
+def task_repro():
+    """Build a recipe's triples twice from clean state, varying what must not matter, and compare."""
+    for recipe in load():
+        names = [(recipe.image, None)] + [(task_name(recipe.image, f), [f])
+                                          for f in recipe.kernel_flavours]
+        for name, flavours in names:
+            yield {"name": name,
+                   "actions": [(guarded, [f"repro {name}", do_repro, recipe, flavours, name])],
+                   "uptodate": [False],
+                   "verbosity": 2,
+                   "doc": f"build {name} twice in {SETTINGS.out / 'repro' / name} and compare"}
