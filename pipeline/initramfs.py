@@ -37,6 +37,10 @@ class Member:
     name: str       # relative, without a leading ./ or /
     mode: int
     data: bytes     # file content, or the link target for a symlink
+    uid: int = 0
+    gid: int = 0
+    mtime: int = 0
+    archive: int = 0  # which of the archives back to back (0: the first)
 
     @property
     def is_file(self) -> bool:
@@ -65,7 +69,7 @@ def _decompress(blob: bytes, source: Path) -> bytes:
     raise PipelineError(f"{source}: unknown compression (magic {blob[:6].hex()})")
 
 
-def _archive(data: bytes, pos: int, source: Path) -> Iterator[Member | int]:
+def _archive(data: bytes, pos: int, source: Path, number: int) -> Iterator[Member | int]:
     """Members of the cpio archive at ``pos``; finally the offset after it."""
     while True:
         header = data[pos:pos + HEADER_LEN]
@@ -75,7 +79,8 @@ def _archive(data: bytes, pos: int, source: Path) -> Iterator[Member | int]:
             fields = [int(header[6 + 8 * i:14 + 8 * i], 16) for i in range(13)]
         except ValueError:
             raise PipelineError(f"{source}: corrupt cpio header at offset {pos}") from None
-        mode, size, namesize = fields[1], fields[6], fields[11]
+        mode, uid, gid, mtime, size, namesize = (fields[1], fields[2], fields[3], fields[5],
+                                                  fields[6], fields[11])
         name_end = pos + HEADER_LEN + namesize
         name = data[pos + HEADER_LEN:name_end - 1].decode("utf-8", errors="replace")
         pos = (name_end + 3) & ~3
@@ -88,13 +93,13 @@ def _archive(data: bytes, pos: int, source: Path) -> Iterator[Member | int]:
         if name == ".":
             name = ""
         if name:
-            yield Member(name, mode, body)
+            yield Member(name, mode, body, uid, gid, mtime, number)
 
 
 def members(path: Path) -> Iterator[Member]:
     """Every member of every archive in the initramfs at ``path``."""
     data = path.read_bytes()
-    pos = 0
+    pos, number = 0, 0
     while pos < len(data):
         while pos < len(data) and data[pos] == 0:
             pos += 1
@@ -103,11 +108,12 @@ def members(path: Path) -> Iterator[Member]:
         if data[pos:pos + 4] != b"0707":
             data, pos = _decompress(data[pos:], path), 0
             continue
-        for item in _archive(data, pos, path):
+        for item in _archive(data, pos, path, number):
             if isinstance(item, int):
                 pos = item
             else:
                 yield item
+        number += 1
 
 
 MODULE_DIR = re.compile(r"^(?:usr/)?lib/modules/([^/]+)/")

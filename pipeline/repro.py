@@ -9,17 +9,22 @@ made are compared by sha256.  Where they differ, a diffoscope report of each
 differing part is written next to the second build's file
 (``<part file>.diffoscope.txt``).
 
-A root image is not handed to diffoscope as it is: without libguestfs it
-would only diff the raw bytes of a sparse multi-hundred-MB file.  Both
-images are mounted read-only instead, and diffoscope compares a listing of
-every path (type, mode, owner, size, times, xattrs, content hash), the
-superblock, and the files whose content differs.  When no file differs
-but the bytes do, the report names the first blocks that differ and what
-owns them.
+Root images and initramfs images are not handed to diffoscope as they are:
+without libguestfs it would only diff the raw bytes of a sparse
+multi-hundred-MB file, and it reads only the first of the archives an
+initramfs holds back to back.  Each side is turned into a folder instead --
+a listing of every path (type, mode, owner, size, times, xattrs, content
+hash; for an initramfs, which archive), the files whose listing line
+differs, and for a root image its superblock -- and diffoscope compares the
+two folders.  A root image is read by mounting it read-only, an initramfs
+by the pipeline's own cpio reader.  When no path of a root image differs but
+the bytes do, the report names the first blocks that differ and what owns
+them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
@@ -33,7 +38,7 @@ from typing import Iterator
 
 import yaml
 
-from . import ext4, runner
+from . import ext4, initramfs, runner
 from .errors import PipelineError
 from .fsutil import remove_tree, sha256_file
 from .naming import SUFFIXES, Triple
@@ -166,16 +171,27 @@ def report(result: Result) -> None:
             dest.write_text(f"{missing}: missing, so there is nothing to compare it with\n")
         elif part.part == "root":
             root_report(part.first, part.second, dest)
+        elif part.part == "initrd":
+            initrd_report(part.first, part.second, dest)
         else:
             diffoscope(part.first, part.second, dest)
         part.report = dest
+
+
+# A differing file larger than this is named (listing line, sha256), not
+# copied into the report: diffoscope would hexdump it (the root's own copy of
+# the initramfs made a 121 MB report).  The initramfs has a report of its own.
+COPY_LIMIT = 1 << 20
+# And no report grows past this.
+REPORT_LIMIT = 32 << 20
 
 
 def diffoscope(first: Path, second: Path, dest: Path) -> None:
     # The report's own folders are made here: their metadata says nothing.
     status, out = runner.run_status(["diffoscope", "--no-progress", "--text", str(dest),
                                      "--exclude-directory-metadata=yes",
-                                     "--max-report-size", str(16 << 20), str(first), str(second)])
+                                     "--max-text-report-size", str(REPORT_LIMIT),
+                                     str(first), str(second)])
     if status not in (0, 1):
         raise PipelineError(f"diffoscope could not compare {first} and {second}:\n{out[-2000:]}")
 
@@ -223,29 +239,79 @@ def listing(root: Path) -> dict[str, str]:
 
 def root_report(first: Path, second: Path, dest: Path) -> None:
     """diffoscope over what two root images hold (see the module's text)."""
-    work = dest.with_name(dest.name.replace(".diffoscope.txt", ".diffoscope"))
-    remove_tree(work)
-    images = {"first": first, "second": second}
+    views = {}
     with mounted_ro(first) as root_a, mounted_ro(second) as root_b:
         roots = {"first": root_a, "second": root_b}
         listings = {side: listing(root) for side, root in roots.items()}
-        changed = sorted(path for path in set(listings["first"]) | set(listings["second"])
-                         if listings["first"].get(path) != listings["second"].get(path))
+        changed = changed_paths(listings)
         for side, root in roots.items():
-            (work / side).mkdir(parents=True)
-            (work / side / "superblock.txt").write_text(
-                runner.output(["dumpe2fs", "-h", str(images[side])]) + "\n")
-            (work / side / "files.txt").write_text(
-                "".join(f"{path} {line}\n" for path, line in sorted(listings[side].items())))
+            files = {}
             for path in changed:
                 source = root / path.lstrip("/")
-                if source.is_file() and not source.is_symlink():
-                    copy = work / side / "files" / path.lstrip("/")
-                    copy.parent.mkdir(parents=True, exist_ok=True)
-                    copy.write_bytes(source.read_bytes())
+                if source.is_file() and not source.is_symlink() \
+                        and source.stat().st_size <= COPY_LIMIT:
+                    files[path.lstrip("/")] = source.read_bytes()
+            views[side] = (listings[side], files)
+    extra = {side: {"superblock.txt": runner.output(["dumpe2fs", "-h", str(image)]) + "\n"}
+             for side, image in (("first", first), ("second", second))}
     if not changed:
-        for side, image in images.items():
-            (work / side / "layout.txt").write_text(layout_note(first, second, image) + "\n")
+        for side, image in (("first", first), ("second", second)):
+            extra[side]["layout.txt"] = layout_note(first, second, image) + "\n"
+    view_report(views, extra, dest)
+
+
+def initrd_listing(path: Path, wanted: set[str] = frozenset()) -> tuple[dict[str, str], dict[str, bytes]]:
+    """An initramfs as listing lines (``[archive] /name`` -> attributes) and
+    the content of the ``wanted`` members (by ``archive-N/name``)."""
+    entries, files = {}, {}
+    for member in initramfs.members(path):
+        key = f"[{member.archive}] /{member.name}"
+        if member.is_file:
+            what = "sha256:" + hashlib.sha256(member.data).hexdigest()
+            if key in wanted and len(member.data) <= COPY_LIMIT:
+                files[f"archive-{member.archive}/{member.name}"] = member.data
+        elif member.is_symlink:
+            what = "-> " + member.data.decode("utf-8", errors="replace")
+        else:
+            what = ""
+        entries[key] = (f"{stat.filemode(member.mode)} {member.uid}:{member.gid} "
+                        f"size {len(member.data)} mtime {member.mtime} {what}").rstrip()
+    return entries, files
+
+
+def initrd_report(first: Path, second: Path, dest: Path) -> None:
+    """diffoscope over the members of two initramfs images: the first
+    archive (uncompressed, early) and the compressed one after it."""
+    listings = {"first": initrd_listing(first)[0], "second": initrd_listing(second)[0]}
+    changed = set(changed_paths(listings))
+    views = {side: (listings[side], initrd_listing(path, changed)[1])
+             for side, path in (("first", first), ("second", second))}
+    view_report(views, {"first": {}, "second": {}}, dest)
+
+
+def changed_paths(listings: dict[str, dict[str, str]]) -> list[str]:
+    first, second = listings["first"], listings["second"]
+    return sorted(path for path in set(first) | set(second) if first.get(path) != second.get(path))
+
+
+def view_report(views: dict[str, tuple[dict[str, str], dict[str, bytes]]],
+                extra: dict[str, dict[str, str]], dest: Path) -> None:
+    """Write each side as a folder (files.txt, the differing files by
+    relative path, extra texts) beside ``dest``; diffoscope compares them."""
+    work = dest.with_name(dest.name.removesuffix(".txt"))
+    if work == dest:
+        raise ValueError(f"a report's name ends in .txt, not {dest.name}")
+    remove_tree(work)
+    for side, (entries, files) in views.items():
+        (work / side).mkdir(parents=True)
+        (work / side / "files.txt").write_text(
+            "".join(f"{path} {line}\n" for path, line in sorted(entries.items())))
+        for path, data in files.items():
+            copy = work / side / "files" / path
+            copy.parent.mkdir(parents=True, exist_ok=True)
+            copy.write_bytes(data)
+        for name, text in extra[side].items():
+            (work / side / name).write_text(text)
     diffoscope(work / "first", work / "second", dest)
 
 

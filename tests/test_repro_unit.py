@@ -157,3 +157,19 @@ def test_repro_refuses_an_mke2fs_that_cannot_repeat_itself(monkeypatch: pytest.M
         repro.require_tools()
     monkeypatch.setattr(ext4, "mke2fs_version", lambda: (1, 47, 2))
     repro.require_tools()
+
+
+def test_an_initramfs_report_names_the_member_that_differs(tmp_path: Path) -> None:
+    from pipeline.initramfs import S_IFDIR, S_IFREG, write_newc
+    early = write_newc([("kernel", S_IFDIR | 0o755, b"")])
+    common = [("etc", S_IFDIR | 0o755, b""), ("etc/issue", S_IFREG | 0o644, b"Debian\n")]
+    first, second = tmp_path / "first.img", tmp_path / "second.img"
+    first.write_bytes(early + write_newc(common + [("etc/stamp", S_IFREG | 0o644, b"1700000000\n")]))
+    second.write_bytes(early + write_newc(common + [("etc/stamp", S_IFREG | 0o644, b"1700000042\n")]))
+    dest = tmp_path / "second.img.diffoscope.txt"
+    repro.initrd_report(first, second, dest)
+    text = dest.read_text()
+    assert "[1] /etc/stamp" in text and "1700000042" in text and "1700000000" in text
+    copies = tmp_path / "second.img.diffoscope"
+    assert (copies / "second/files/archive-1/etc/stamp").read_bytes() == b"1700000042\n"
+    assert not (copies / "second/files/archive-1/etc/issue").exists()
