@@ -26,19 +26,36 @@ def test_preferences_pin_every_package_above_any_candidate() -> None:
         "\nPackage: zstd\nPin: version 1.5.7+dfsg-1\nPin-Priority: 1001\n")
 
 
-def test_apt_reads_the_preferences(tmp_path: Path) -> None:
-    # apt itself parses the file: a syntax error would only show at build time.
-    (tmp_path / "etc/apt/preferences.d").mkdir(parents=True)
-    (tmp_path / lock.PREFERENCES).write_text(lock.preferences(LOCK))
-    for name in ("var/lib/apt/lists/partial", "var/cache/apt/archives/partial",
-                 "var/lib/dpkg", "etc/apt/sources.list.d", "etc/apt/apt.conf.d"):
-        (tmp_path / name).mkdir(parents=True, exist_ok=True)
-    (tmp_path / "var/lib/dpkg/status").write_text("")
-    out = subprocess.run(["apt-cache", "-o", f"Dir={tmp_path}", "-o", "Dir::State::status="
-                          f"{tmp_path}/var/lib/dpkg/status", "policy"],
-                         capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    assert "E:" not in out.stderr and "W:" not in out.stderr, out.stderr
+def test_apt_takes_the_locked_version_even_as_a_downgrade(tmp_path: Path) -> None:
+    # Real apt, a local repository with two versions of one package, 2.0-1
+    # installed: the pins make the older one the candidate.
+    repo, root = tmp_path / "repo", tmp_path / "root"
+    repo.mkdir()
+    stanza = ("Package: demo\nVersion: {v}\nArchitecture: all\nFilename: demo_{v}_all.deb\n"
+              "Size: 1\nSHA256: " + "0" * 64 + "\nDescription: demo\n")
+    (repo / "Packages").write_text("\n".join(stanza.format(v=v) for v in ("1.0-1", "2.0-1")))
+    for name in ("etc/apt/preferences.d", "etc/apt/apt.conf.d", "etc/apt/sources.list.d",
+                 "var/lib/apt/lists/partial", "var/cache/apt/archives/partial", "var/lib/dpkg"):
+        (root / name).mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text(
+        "Package: demo\nStatus: install ok installed\nVersion: 2.0-1\nArchitecture: all\n"
+        "Maintainer: nobody <nobody@example.org>\nDescription: demo\n")
+    (root / "etc/apt/sources.list").write_text(f"deb [trusted=yes] file:{repo} ./\n")
+    options = ["-o", f"Dir={root}", "-o", f"Dir::State::status={root}/var/lib/dpkg/status",
+               "-o", "APT::Sandbox::User=root"]
+
+    def candidate() -> str:
+        out = subprocess.run(["apt-cache", *options, "policy", "demo"], capture_output=True,
+                             text=True, check=True)
+        assert "W:" not in out.stderr and "E:" not in out.stderr, out.stderr
+        return next(line.split()[1] for line in out.stdout.splitlines()
+                    if line.strip().startswith("Candidate:"))
+
+    subprocess.run(["apt-get", *options, "update", "-q"], capture_output=True, check=True)
+    assert candidate() == "2.0-1"
+    with lock.pinned(root, {"demo": "1.0-1", "other:amd64": "3"}):
+        assert candidate() == "1.0-1"
+    assert candidate() == "2.0-1"
 
 
 def test_pinned_writes_the_pins_only_while_the_block_runs(tmp_path: Path) -> None:
