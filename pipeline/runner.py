@@ -189,6 +189,7 @@ TOOL_PACKAGES = {
     "iscsiadm": "open-iscsi",
     "shellcheck": "shellcheck",
     "diffoscope": "diffoscope-minimal",
+    "unshare": "util-linux",
     "ip": "iproute2",
 }
 
