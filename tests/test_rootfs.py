@@ -183,7 +183,7 @@ def test_drop_apt_caches(tmp_path):
     files = ["var/cache/apt/pkgcache.bin", "var/cache/apt/srcpkgcache.bin",
              "var/cache/apt/archives/linux-image-amd64_6.12_amd64.deb",
              "var/cache/apt/archives/partial/linux-image.deb.FAILED"]
-    kept = ["var/cache/apt/archives/lock", "var/lib/apt/lists/deb.debian.org_InRelease",
+    kept = ["var/cache/apt/archives/lock", "var/lib/apt/lists/mirror.example_InRelease",
             "var/cache/debconf/config.dat"]
     for rel in files + kept:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
