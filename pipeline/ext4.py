@@ -78,23 +78,31 @@ MKE2FS_CONF = """\
 REPRODUCIBLE_FROM = (1, 47, 1)
 
 
-def mke2fs_version() -> tuple[int, ...]:
-    """mke2fs's version, e.g. (1, 47, 2); () if it cannot be read."""
-    text = runner.tool_version(["mkfs.ext4", "-V"])  # "mke2fs 1.47.2 (1-Jan-2025)"
+def mke2fs_version(text: str | None = None) -> tuple[int, ...]:
+    """mke2fs's version, e.g. (1, 47, 2), from ``text`` or from ``mkfs.ext4 -V``;
+    () if it cannot be read."""
+    if text is None:
+        text = runner.tool_version(["mkfs.ext4", "-V"])  # "mke2fs 1.47.2 (1-Jan-2025)"
     match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
     return tuple(int(part or 0) for part in match.groups()) if match else ()
 
 
+def unrepeatable_mke2fs() -> str | None:
+    """None when mke2fs makes the same image twice; else what it says it is."""
+    text = runner.tool_version(["mkfs.ext4", "-V"])
+    return None if mke2fs_version(text) >= REPRODUCIBLE_FROM else text
+
+
 def reproducible_mke2fs() -> bool:
-    return mke2fs_version() >= REPRODUCIBLE_FROM
+    return unrepeatable_mke2fs() is None
 
 
 def make_image(tree: Path, dest: Path, *, label: str, fs_uuid: str, hash_seed: str,
                headroom_percent: int, headroom_mib: int, source_date_epoch: int) -> int:
     """Write ``tree`` as an ext4 image at ``dest`` (which must not be in use)."""
     size = image_size(content_bytes(tree), headroom_percent, headroom_mib)
-    if not reproducible_mke2fs():
-        print(f"    warning: {runner.tool_version(['mkfs.ext4', '-V'])} cannot make the same "
+    if (old := unrepeatable_mke2fs()) is not None:
+        print(f"    warning: {old} cannot make the same "
               "image twice from one tree (1.47.1 or newer can); ./setup-host installs one",
               flush=True)
     if dest.exists():

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Mapping
 
 from .errors import PipelineError
+from .manifest import packages
 
 # Where the pins live while apt runs; never in a finished tree.
 PREFERENCES = "etc/apt/preferences.d/image-pipeline-lock.pref"
@@ -89,7 +90,6 @@ def check(step: str, tree: Path, lock: Mapping[str, str],
     """Fail the step unless every package in ``tree`` is at its locked version."""
     if not lock:
         return
-    from .manifest import packages  # the one reader of a tree's package list
     found = problems(packages(tree), lock, exempt)
     if found:
         raise PipelineError(

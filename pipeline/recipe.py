@@ -529,14 +529,14 @@ def _lock(check: _Checker, value: Any, recipe_dir: Path,
         check.add("lock", f"needs bootstrapper mmdebstrap (debootstrap cannot hold "
                           f"package versions), not {bootstrapper}")
         return (), ()
-    items = [("lock", value)] if isinstance(value, str) else \
-        [(key, item) for key, item in check.name_list("lock", value, _EXPECT["lock"], True)]
-    if not isinstance(value, (str, list)):
-        return (), ()
+    if isinstance(value, str):
+        items = [("lock", value)]
+    else:  # name_list reports anything but a non-empty list of strings
+        items = check.name_list("lock", value, _EXPECT["lock"], True)
     merged: dict[str, tuple[str, str]] = {}
     for key, name in items:
-        if not isinstance(name, str) or not name:
-            check.add(key, f"expected {_EXPECT['lock']}, {_got(name)}")
+        if not name:
+            check.add(key, f"expected {_EXPECT['lock']}, got an empty string")
             continue
         lock_path = (recipe_dir / name) if not Path(name).is_absolute() else Path(name)
         packages = _lock_packages(check, key, lock_path)
@@ -545,7 +545,7 @@ def _lock(check: _Checker, value: Any, recipe_dir: Path,
             if first[0] != version:
                 check.add(key, f"{lock_path}: package {package!r} is {version!r}, but "
                                f"{first[0]!r} in {first[1]}; a lock must agree on every package")
-    return (tuple(name for _key, name in items if isinstance(name, str)),
+    return (tuple(name for _key, name in items),
             tuple(sorted((package, version) for package, (version, _f) in merged.items())))
 
 

@@ -346,9 +346,9 @@ def check(first_triples: Path, second_triples: Path) -> Result:
 
 def require_tools() -> None:
     runner.require_tools(TOOLS)
-    if not ext4.reproducible_mke2fs():
+    if (old := ext4.unrepeatable_mke2fs()) is not None:
         raise PipelineError(
-            f"{runner.tool_version(['mkfs.ext4', '-V'])} cannot make the same root image "
+            f"{old} cannot make the same root image "
             "twice (mke2fs 1.47.1 or newer can)",
             hint="./setup-host installs e2fsprogs from backports on Debian 12")
 

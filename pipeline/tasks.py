@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from contextlib import contextmanager
 import json
 import os
 import sys
@@ -103,12 +104,18 @@ def load() -> tuple[Recipe, ...]:
         for problem in exc.problems:
             print("  " + problem, file=sys.stderr)
         raise SystemExit(2) from None
-    caller_umask = os.umask(UMASK)  # apt's sandbox user must be able to enter out/
-    try:
+    with pipeline_umask():  # apt's sandbox user must be able to enter out/
         SETTINGS.out.mkdir(parents=True, exist_ok=True)
+    return tuple(recipes)
+
+
+@contextmanager
+def pipeline_umask():
+    caller_umask = os.umask(UMASK)
+    try:
+        yield
     finally:
         os.umask(caller_umask)
-    return tuple(recipes)
 
 
 def code_digest(*modules: str) -> str:
@@ -126,15 +133,12 @@ def file_digest(path: Path) -> str:
 
 def guarded(label: str, func, *args) -> TaskFailed | None:
     """Run one step: print start/end, turn user errors into a clean failure."""
-    caller_umask = os.umask(UMASK)
     try:
-        with runner.step(label):
+        with pipeline_umask(), runner.step(label):
             func(*args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return TaskFailed(str(exc))
-    finally:
-        os.umask(caller_umask)
     return None
 
 
@@ -179,7 +183,7 @@ def inputs_digest(identity: str, files: list[str]) -> str:
 
 
 # The modules whose code shapes the root tree (and so the rootfs task's identity).
-ROOTFS_CODE = ("rootfs", "generic", "chroot", "initramfs_cache")
+ROOTFS_CODE = ("rootfs", "generic", "chroot", "initramfs_cache", "lock")
 
 
 def do_rootfs(recipe: Recipe, flavour: str, layout: Layout, debs: list[Path],
@@ -263,7 +267,7 @@ def task_bootstrap():
         yield {"name": recipe.image,
                "actions": [(guarded, [f"bootstrap {recipe.image}", do_bootstrap, recipe, layout])],
                "targets": [str(layout.base_stamp(recipe.image))],
-               "uptodate": [config_changed(identity + code_digest("bootstrap"))],
+               "uptodate": [config_changed(identity + code_digest("bootstrap", "lock"))],
                "task_dep": ["preflight"],
                "clean": [(do_clean, [[layout.base_tree(recipe.image),
                                       layout.base_stamp(recipe.image)]])]}
@@ -279,7 +283,7 @@ def task_kernel():
                    "actions": [(guarded, [f"kernel {name}", do_kernel, recipe, flavour, layout])],
                    "file_dep": [str(layout.base_stamp(recipe.image))],
                    "targets": [str(layout.kernel_stamp(recipe.image, flavour))],
-                   "uptodate": [config_changed(flavour + code_digest("kernel"))],
+                   "uptodate": [config_changed(flavour + code_digest("kernel", "lock"))],
                    "clean": [(do_clean, [[layout.kernel_tree(recipe.image, flavour),
                                           layout.kernel_stamp(recipe.image, flavour)]])]}
 
@@ -314,7 +318,9 @@ def task_build():
     layout = SETTINGS.layout
     for recipe in load():
         identity = json.dumps({
-            "recipe": recipe.digest,
+            # Not recipe.digest: adding a flavour or editing the description
+            # must not rebuild the images of the other flavours.
+            "recipe": recipe.triple_digest,
             "code": code_digest("triple", "ext4", "fit", "audit", "generic", "manifest",
                                 "naming")}, sort_keys=True)
         names = []

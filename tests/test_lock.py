@@ -113,8 +113,7 @@ def test_problems_name_each_package() -> None:
 
 
 def test_check_fails_with_a_hint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipeline.manifest
-    monkeypatch.setattr(pipeline.manifest, "packages", lambda tree: {"systemd": "257.10-1"})
+    monkeypatch.setattr(lock, "packages", lambda tree: {"systemd": "257.10-1"})
     with pytest.raises(PipelineError) as info:
         lock.check("kernel amd64", tmp_path, LOCK)
     text = str(info.value)

@@ -152,10 +152,10 @@ def test_write_project_rewrites_only_what_changed(tmp_path: Path) -> None:
 
 def test_repro_refuses_an_mke2fs_that_cannot_repeat_itself(monkeypatch: pytest.MonkeyPatch) -> None:
     from pipeline import ext4
-    monkeypatch.setattr(ext4, "mke2fs_version", lambda: (1, 47, 0))
+    monkeypatch.setattr(ext4, "mke2fs_version", lambda text=None: (1, 47, 0))
     with pytest.raises(PipelineError, match="1.47.1 or newer"):
         repro.require_tools()
-    monkeypatch.setattr(ext4, "mke2fs_version", lambda: (1, 47, 2))
+    monkeypatch.setattr(ext4, "mke2fs_version", lambda text=None: (1, 47, 2))
     repro.require_tools()
 
 
