@@ -26,9 +26,9 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from pipeline import chroot  # noqa: E402
+from pipeline.build import chroot  # noqa: E402
 from pipeline.fsutil import copy_tree, read_json, remove_tree  # noqa: E402
-from pipeline.lab import INITIATOR_IQN, PORTALS, TARGET_IQN, Lab  # noqa: E402
+from pipeline.lab.harness import INITIATOR_IQN, PORTALS, TARGET_IQN, Lab  # noqa: E402
 from pipeline.naming import Layout, Triple  # noqa: E402
 
 

@@ -26,10 +26,11 @@ sys.path.insert(0, str(PROJECT))
 
 import yaml  # noqa: E402
 
-from pipeline import chroot, ext4, runner  # noqa: E402
+from pipeline.build import chroot
+from pipeline import ext4, runner  # noqa: E402
 from pipeline.fsutil import remove_tree  # noqa: E402
-from pipeline.project import write_project  # noqa: E402
-from pipeline.recipe import load_recipe  # noqa: E402
+from pipeline.build.scratch import write_project  # noqa: E402
+from pipeline.build.recipe import load_recipe  # noqa: E402
 
 GOALS = {"cold / floor": 1.2, "overlay-only / cold": 0.15, "second flavour / cold": 0.40}
 

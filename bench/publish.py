@@ -42,14 +42,15 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT))
 
-from pipeline import ext4, manifest, runner  # noqa: E402
-from pipeline.disks import allocated  # noqa: E402
+from pipeline import ext4, runner
+from pipeline.build import manifest  # noqa: E402
+from pipeline.fleet.disks import allocated  # noqa: E402
 from pipeline.fsutil import mounts_under, remove_tree  # noqa: E402
-from pipeline.inventory import load_inventory  # noqa: E402
+from pipeline.fleet.inventory import load_inventory  # noqa: E402
 from pipeline.naming import Layout, Triple  # noqa: E402
-from pipeline.plan import read_built  # noqa: E402
-from pipeline.publish import publish  # noqa: E402
-from pipeline.recipe import Initramfs, Recipe, RootImage  # noqa: E402
+from pipeline.fleet.plan import read_built  # noqa: E402
+from pipeline.fleet.publish import publish  # noqa: E402
+from pipeline.build.recipe import Initramfs, Recipe, RootImage  # noqa: E402
 
 MIB = 1 << 20
 RELEASE = "6.1.0-99-amd64"

@@ -26,11 +26,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import audit, fit, publish, triple
-from .errors import PipelineError
-from .inventory import Inventory, load_inventory
-from .naming import SUFFIXES, Layout, Triple
-from .recipe import load_recipes
+from pipeline.build import audit, fit, triple
+from pipeline.fleet import publish
+from pipeline.errors import PipelineError
+from pipeline.fleet.inventory import Inventory, load_inventory
+from pipeline.naming import SUFFIXES, Layout, Triple
+from pipeline.build.recipe import load_recipes
 
 
 def _triple(arg: str) -> Triple:

@@ -14,7 +14,7 @@ import re
 import uuid
 from pathlib import Path
 
-from . import runner
+from pipeline import runner
 
 MIB = 1 << 20
 BLOCK = 4096

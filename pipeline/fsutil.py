@@ -17,9 +17,9 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from . import runner
-from .errors import PipelineError
-from .naming import partial
+from pipeline import runner
+from pipeline.errors import PipelineError
+from pipeline.naming import partial
 
 
 def mounts_under(path: Path) -> list[str]:

@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator, Mapping, Sequence
 
-from .errors import PipelineError
+from pipeline.errors import PipelineError
 
 # Enough lines to see why a tool failed, few enough to read.
 TAIL_LINES = 25

@@ -31,13 +31,14 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from . import bootstrap, initramfs_cache, kernel, package, repro, rootfs, runner, triple
-from .errors import ConfigError, PipelineError
-from .fsutil import read_json, remove_tree, sha256_file, write_json
-from .naming import Layout, task_name
-from .inventory import load_inventory
-from .publish import publish
-from .recipe import Recipe, load_recipes
+from pipeline.build import bootstrap, initramfs_cache, kernel, package, repro, rootfs, triple
+from pipeline import runner
+from pipeline.errors import ConfigError, PipelineError
+from pipeline.fsutil import read_json, remove_tree, sha256_file, write_json
+from pipeline.naming import Layout, task_name
+from pipeline.fleet.inventory import load_inventory
+from pipeline.fleet.publish import publish
+from pipeline.build.recipe import Recipe, load_recipes
 
 __all__ = ["DOIT_CONFIG", "task_preflight", "task_package", "task_bootstrap", "task_kernel",
            "task_rootfs", "task_build", "task_publish", "task_repro"]
@@ -123,7 +124,8 @@ def code_digest(*modules: str) -> str:
     digest = hashlib.sha256()
     here = Path(__file__).parent
     for name in modules:
-        digest.update((here / f"{name}.py").read_bytes())
+        (path,) = [p for p in here.rglob(f"{name}.py") if "__pycache__" not in p.parts]
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 

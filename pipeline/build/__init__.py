@@ -1,0 +1,1 @@
+"""The build: recipes in, matched kernel / initramfs / root-image triples out."""

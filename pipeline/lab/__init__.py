@@ -1,0 +1,1 @@
+"""The boot lab: a published machine booted in qemu inside a network namespace."""
