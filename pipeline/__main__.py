@@ -28,7 +28,7 @@ from pathlib import Path
 
 from pipeline.build import audit, fit, triple
 from pipeline.fleet import publish
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, report
 from pipeline.fleet.inventory import Inventory, load_inventory
 from pipeline.naming import SUFFIXES, Layout, Triple
 from pipeline.build.recipe import load_recipes
@@ -108,8 +108,7 @@ def fleet_main(command: str, argv: list[str]) -> int:
         else:
             publish.remove_backup(fleet, args.name)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     return 0
 
 
@@ -134,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"{t.stem}: {args.command} ok")
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     return 1 if failed else 0
 
 

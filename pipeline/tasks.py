@@ -25,7 +25,6 @@ from contextlib import contextmanager
 import json
 import os
 import sys
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
@@ -33,9 +32,10 @@ from doit.tools import config_changed
 
 from pipeline.build import bootstrap, initramfs_cache, kernel, package, repro, rootfs, triple
 from pipeline import runner
-from pipeline.errors import ConfigError, PipelineError
+from pipeline.errors import ConfigError, PipelineError, report
 from pipeline.fsutil import read_json, remove_tree, sha256_file, write_json
 from pipeline.naming import Layout, task_name
+from pipeline.project import Project
 from pipeline.fleet.inventory import load_inventory
 from pipeline.fleet.publish import publish
 from pipeline.build.recipe import Recipe, load_recipes
@@ -52,29 +52,7 @@ HOST_TOOLS = ["mkfs.ext4", "debugfs", "dumpe2fs", "zstd", "chroot",
               "mount", "umount", "cp", "dpkg-query"]
 
 
-@dataclass(frozen=True)
-class Settings:
-    project: Path
-    out: Path
-
-    @property
-    def recipes(self) -> Path:
-        return self.project / "recipes"
-
-    @property
-    def overlays(self) -> Path:
-        return self.project / "overlays"
-
-    @property
-    def inventory(self) -> Path:
-        return self.project / "inventory.yaml"
-
-    @property
-    def layout(self) -> Layout:
-        return Layout(self.out)
-
-
-SETTINGS = Settings(project=Path.cwd(), out=Path.cwd() / "out")
+SETTINGS = Project.at(Path.cwd())
 
 DOIT_CONFIG = {
     "default_tasks": ["build"],
@@ -88,9 +66,7 @@ def configure(project: str | os.PathLike[str] | None = None,
               out: str | os.PathLike[str] | None = None) -> None:
     """Point the task creators at another project folder or output folder."""
     global SETTINGS
-    project_path = Path(project).resolve() if project else SETTINGS.project
-    out_path = Path(out).resolve() if out else project_path / "out"
-    SETTINGS = replace(SETTINGS, project=project_path, out=out_path)
+    SETTINGS = Project.at(project or SETTINGS.root, out)
     DOIT_CONFIG["dep_file"] = str(SETTINGS.layout.doit_db)
     load.cache_clear()
 
@@ -101,10 +77,7 @@ def load() -> tuple[Recipe, ...]:
     try:
         recipes = load_recipes(SETTINGS.recipes, SETTINGS.overlays)
     except ConfigError as exc:
-        print("error: bad recipe(s), nothing was built:", file=sys.stderr)
-        for problem in exc.problems:
-            print("  " + problem, file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(report(exc, "bad recipe(s), nothing was built:")) from None
     with pipeline_umask():  # apt's sandbox user must be able to enter out/
         SETTINGS.out.mkdir(parents=True, exist_ok=True)
     return tuple(recipes)
@@ -139,7 +112,7 @@ def guarded(label: str, func, *args) -> TaskFailed | None:
         with pipeline_umask(), runner.step(label):
             func(*args)
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        report(exc)
         return TaskFailed(str(exc))
     return None
 
@@ -251,7 +224,7 @@ def task_preflight():
 
 def task_package():
     """Build the injected Debian packages (open-iscsi-boot) from source."""
-    for source in package.sources(SETTINGS.project):
+    for source in package.sources(SETTINGS.root):
         deb = package.deb_path(SETTINGS.layout, source)
         yield {"name": source.name,
                "actions": [(guarded, [f"package {source.name}", package.build, source, deb])],
@@ -293,7 +266,7 @@ def task_kernel():
 def task_rootfs():
     """Overlays, boot package, strip, first boot, initramfs: the root tree."""
     layout = SETTINGS.layout
-    debs = [package.deb_path(layout, s) for s in package.sources(SETTINGS.project)]
+    debs = [package.deb_path(layout, s) for s in package.sources(SETTINGS.root)]
     for recipe in load():
         files = overlay_files(recipe)
         identity = json.dumps({
@@ -372,7 +345,7 @@ def task_publish():
 
 def do_repro(recipe: Recipe, flavours: list[str] | None, name: str) -> None:
     work = SETTINGS.out / "repro" / name
-    result = repro.run(SETTINGS.project, recipe, flavours, work, f"build:{name}")
+    result = repro.run(SETTINGS.root, recipe, flavours, work, f"build:{name}")
     print(result.table(), flush=True)
     if not result.same:
         raise PipelineError(

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline import runner
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, report
 from pipeline.fsutil import read_json
 from pipeline.naming import Triple
 
@@ -556,8 +556,7 @@ def main(argv: list[str] | None = None) -> int:
             took = guest.poweroff()
             print("lab: poweroff " + (f"took {took:.1f}s" if took is not None else "timed out"))
     except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return report(exc)
     return 0
 
 

@@ -49,7 +49,7 @@ def restore_settings():
     saved_db = tasks.DOIT_CONFIG["dep_file"]
     yield
     # back to what the import set up (the real project root when run from it)
-    tasks.configure(project=saved.project, out=saved.out)
+    tasks.configure(project=saved.root, out=saved.out)
     assert tasks.SETTINGS == saved
     assert tasks.DOIT_CONFIG["dep_file"] == saved_db
 
@@ -82,7 +82,7 @@ def by_name(creator: str) -> dict[str, dict]:
 
 def test_configure(project):
     proj, out = project
-    assert tasks.SETTINGS.project == proj.resolve()
+    assert tasks.SETTINGS.root == proj.resolve()
     assert tasks.SETTINGS.out == out.resolve()
     assert tasks.DOIT_CONFIG["dep_file"] == str(out.resolve() / ".doit.db")
 
