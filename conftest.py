@@ -1,5 +1,7 @@
-"""Test tiers: fast unit tests by default; ``--slow`` adds the integration
-tests that build real triples (and, later, boot them)."""
+"""Test tiers: the fast tests by default; ``--slow`` adds the items marked
+``slow``: everything under tests/integration/ (its conftest.py marks them by
+folder: real builds and qemu boots) and the few slow tests marked one by one
+(the .deb build in open-iscsi-boot/tests)."""
 
 from __future__ import annotations
 
@@ -13,10 +15,12 @@ sys.path.insert(0, str(PROJECT))
 
 
 def pytest_addoption(parser):
-    parser.addoption("--slow", action="store_true", help="also run the slow integration tests")
+    parser.addoption("--slow", action="store_true", help="also run the tests marked slow (real builds, qemu boots, the .deb build)")
 
 
 def pytest_collection_modifyitems(config, items):
+    """Skip what is marked slow unless --slow is given (markers added while
+    collecting, as tests/integration/conftest.py does, are already there)."""
     if config.getoption("--slow"):
         return
     skip = pytest.mark.skip(reason="slow: run with --slow")

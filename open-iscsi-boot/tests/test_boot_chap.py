@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from test_boot_package import (DM_STATUS, HANDOVER, INITIATOR, IQN, LIB, LOCAL_TOP, STATUS, _write,  # noqa: F401
-                               fake_root, run_sh, shell, sys_env)
+from bootsh import (DM_STATUS, INITIATOR, IQN, LIB, LOCAL_TOP, host_path, run_handover, run_sh, run_status,
+                    write, write_exec)
 
 USER = "machine-52-54-00-12-34-56"
 PASSWORD = "Zq7.v_Pw:42@-k9"          # every special character of the charset
@@ -162,12 +162,11 @@ def auth_argv(portal: str, user: str = USER, password: str = PASSWORD) -> list[s
 @pytest.mark.parametrize("rc", [0, 7])
 def test_node_set_chap(shell, tmp_path, rc):
     bin_dir = tmp_path / "bin"
-    _write(bin_dir / "iscsiadm", FAKE_ISCSIADM_ARGV)
-    (bin_dir / "iscsiadm").chmod(0o755)
+    write_exec(bin_dir / "iscsiadm", FAKE_ISCSIADM_ARGV)
     log = tmp_path / "argv"
     proc = run_sh(shell, f'OIB_CHAP_USER={USER}; OIB_CHAP_PASSWORD={PASSWORD}\n'
                          f'set -x\noib_node_set_chap "{IQN}" 192.0.2.1:3260; echo "rc=$?"',
-                  env={"PATH": f"{bin_dir}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+                  env={"PATH": f"{bin_dir}:{host_path()}",
                        "ARGV_LOG": str(log), "FAKE_RC": str(rc)})
     assert proc.stdout.strip() == f"rc={rc}"
     assert argv_calls(log) == [auth_argv("192.0.2.1:3260")]
@@ -274,17 +273,16 @@ def initramfs_root(tmp_path: Path, fake_root: Path, kind: str, chap: str | None,
     (root / "etc/open-iscsi-boot").mkdir(mode=0o700)
     (_install_busybox if kind == "busybox" else _install_klibc)(root)
     for name, text in FAKES.items():
-        _write(root / "sbin" / name, text)
-        (root / "sbin" / name).chmod(0o755)
-    _write(root / "scripts/functions", FUNCTIONS)
+        write_exec(root / "sbin" / name, text)
+    write(root / "scripts/functions", FUNCTIONS)
     shutil.copy(LIB, root / "usr/share/open-iscsi-boot/lib.sh")
     (root / "scripts/local-top/open-iscsi-boot").write_text(local_top or LOCAL_TOP.read_text())
     shutil.copytree(fake_root / "sys", root / "sys", symlinks=True)
-    _write(root / "sys/class/net/eth0/type", "1")
+    write(root / "sys/class/net/eth0/type", "1")
     (root / "sys/class/net/eth0/device").mkdir()
-    _write(root / "fakeproc/cmdline", f"root=LABEL=root iscsitarget={IQN},192.0.2.1,[2001:db8::1] "
-                                      f"iscsi_initiator={INITIATOR} ro")
-    _write(root / "fakeproc/uptime", "100.00 150.00")
+    write(root / "fakeproc/cmdline", f"root=LABEL=root iscsitarget={IQN},192.0.2.1,[2001:db8::1] "
+                                     f"iscsi_initiator={INITIATOR} ro")
+    write(root / "fakeproc/uptime", "100.00 150.00")
     (root / "run/net-eth0.conf").write_text(NET_CONF)
     (root / "dev/dm-0").write_text("")
     (root / "dev/disk/by-label/root").symlink_to("../../dm-0")
@@ -409,21 +407,18 @@ def test_local_top_stops_on_a_bad_chap_file(tmp_path, fake_root, kind):
 
 def test_handover_installs_records_root_only(tmp_path):
     rundir = tmp_path / "run"
-    _write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
-                             "OIB_PORTALS='192.0.2.1:3260'\nOIB_NETDEVS=''\nOIB_STATUS=''\n")
+    write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
+                            "OIB_PORTALS='192.0.2.1:3260'\nOIB_NETDEVS=''\nOIB_STATUS=''\n")
     record = f"node.startup = onboot\nnode.session.auth.password = {PASSWORD}"
-    _write(rundir / f"nodes/{IQN}/192.0.2.1,3260", record)                   # old layout
-    _write(rundir / f"nodes/{IQN}/198.51.100.1,3260,1/default", record)       # new layout
+    write(rundir / f"nodes/{IQN}/192.0.2.1,3260", record)                   # old layout
+    write(rundir / f"nodes/{IQN}/198.51.100.1,3260,1/default", record)       # new layout
     for path in (rundir / "nodes").rglob("*"):
         path.chmod(0o755 if path.is_dir() else 0o644)   # even if /run had them readable
     etc = tmp_path / "etc-iscsi"
     db = etc / "nodes"
-    _write(db / f"{IQN}/192.0.2.1,3260", "old record")
+    write(db / f"{IQN}/192.0.2.1,3260", "old record")
     (db / f"{IQN}/192.0.2.1,3260").chmod(0o644)
-    env = {"OIB_LIB": str(LIB), "OIB_RUNDIR": str(rundir), "OIB_ETC_ISCSI": str(etc),
-           "OIB_NODE_DB": str(db), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.run(["dash", str(HANDOVER), "start"], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
+    proc = run_handover("start", rundir, etc)
     assert proc.returncode == 0, proc.stderr
     assert PASSWORD not in proc.stdout + proc.stderr
     installed = [db / f"{IQN}/192.0.2.1,3260", db / f"{IQN}/198.51.100.1,3260,1/default"]
@@ -437,11 +432,9 @@ def test_handover_installs_records_root_only(tmp_path):
 
 def test_iscsi_boot_status_never_shows_the_password(fake_root, tmp_path):
     rundir = tmp_path / "run"
-    _write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
-                             "OIB_PORTALS='192.0.2.1:3260 [2001:db8::1]:3260'\n")
-    _write(rundir / f"nodes/{IQN}/192.0.2.1,3260", f"node.session.auth.password = {PASSWORD}")
-    env = {**sys_env(fake_root), "OIB_LIB": str(LIB), "OIB_RUNDIR": str(rundir), "LANG": "C"}
-    proc = subprocess.run(["dash", str(STATUS), "-v"], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
+    write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
+                            "OIB_PORTALS='192.0.2.1:3260 [2001:db8::1]:3260'\n")
+    write(rundir / f"nodes/{IQN}/192.0.2.1,3260", f"node.session.auth.password = {PASSWORD}")
+    proc = run_status(fake_root, rundir, "-v")
     assert proc.stdout.startswith("open-iscsi-boot: root /dev/dm-0"), proc.stderr
     assert PASSWORD not in proc.stdout + proc.stderr

@@ -10,15 +10,13 @@ installed), the IPv4 arithmetic cross-checked against Python's ipaddress.
 from __future__ import annotations
 
 import ipaddress
-import os
 import random
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from test_boot_package import IQN, LIB, PKG, STATUS, fake_root, run_sh, shell, sys_env  # noqa: F401
+from bootsh import IQN, LIB, PKG, run_sh, run_status
 
 # What ipconfig (klibc 2.0.x) wrote for a static ip= in a scratch network
 # namespace; DHCP leases give the same keys with PROTO='dhcp'.
@@ -274,10 +272,7 @@ def test_iscsi_boot_status_falls_back_to_net_conf(fake_root, tmp_path):
     (rundir / "state").write_text(f"OIB_TARGET='{IQN}'\n")
     (fake_root / "bin/ip").write_text("#!/bin/sh\nexit 2\n")   # ip knows no route
     run = net_dir(tmp_path, TWO_PATHS)
-    env = {**sys_env(fake_root), "OIB_LIB": str(LIB), "OIB_RUNDIR": str(rundir),
-           "OIB_NET_CONF_DIR": str(run), "LANG": "C"}
-    proc = subprocess.run(["dash", str(STATUS), "-v"], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
+    proc = run_status(fake_root, rundir, "-v", env={"OIB_NET_CONF_DIR": str(run)})
     lines = proc.stdout.splitlines()
     assert lines[1] == "  path sdb (8:16) active session 1 LOGGED_IN portal 192.0.2.1:3260 via enp1s0", \
         proc.stdout + proc.stderr

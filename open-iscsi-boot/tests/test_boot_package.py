@@ -17,43 +17,8 @@ from pathlib import Path
 
 import pytest
 
-PROJECT = Path(__file__).resolve().parents[2]
-PKG = PROJECT / "open-iscsi-boot"
-LIB = PKG / "lib" / "lib.sh"
-LOCAL_TOP = PKG / "initramfs/scripts/local-top/open-iscsi-boot"
-INIT_PREMOUNT = PKG / "initramfs/scripts/init-premount/open-iscsi-boot"
-HOOK = PKG / "initramfs/hooks/open-iscsi-boot"
-HANDOVER = PKG / "lib/handover"
-STATUS = PKG / "sbin/iscsi-boot-status"
-
-IQN = "iqn.2024-01.org.example:root"
-INITIATOR = "iqn.2024-01.org.example:host-52-54-00-12-34-56"
-
-
-def _shells() -> list[pytest.param]:
-    found = [pytest.param(["dash"], id="dash")] if shutil.which("dash") else []
-    if os.access("/usr/lib/klibc/bin/sh", os.X_OK):
-        found.append(pytest.param(["/usr/lib/klibc/bin/sh"], id="klibc"))
-    if shutil.which("busybox"):
-        found.append(pytest.param(["busybox", "sh"], id="busybox"))
-    return found or [pytest.param(["sh"], id="sh")]
-
-
-@pytest.fixture(params=_shells())
-def shell(request) -> list[str]:
-    return request.param
-
-
-def run_sh(shell: list[str], script: str, env: dict[str, str] | None = None,
-           cwd: Path | None = None) -> subprocess.CompletedProcess:
-    """Run SCRIPT after sourcing lib.sh; return the finished process."""
-    full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"}
-    full_env.update(env or {})
-    return subprocess.run(
-        [*shell, "-c", f'. "{LIB}"\n{script}'],
-        capture_output=True, text=True, env=full_env, cwd=cwd,
-        stdin=subprocess.DEVNULL, timeout=60, check=False,
-    )
+from bootsh import (DM_STATUS, HOOK, INIT_PREMOUNT, INITIATOR, IQN, LIB, LOCAL_TOP, PKG, STATUS, host_path,
+                    link, run_dash, run_handover, run_sh, run_status, sys_env, write)
 
 
 # ---------------------------------------------------------------------------
@@ -386,9 +351,6 @@ def test_netmask_prefix(shell, mask, prefix):
 # (b) dm status, ip route, quoting
 # ---------------------------------------------------------------------------
 
-DM_STATUS = "0 41943040 multipath 2 0 0 0 1 1 A 0 2 0 8:16 A 0 0 1 8:32 F 3 0 1"
-
-
 def test_count_dm_paths(shell):
     proc = run_sh(shell, f"oib_count_dm_paths {DM_STATUS}; oib_count_dm_paths; "
                          f"oib_dm_path_state 8:32 {DM_STATUS}; oib_dm_path_state 8:48 {DM_STATUS} || echo none")
@@ -417,65 +379,6 @@ def test_uptime(shell, tmp_path):
 # ---------------------------------------------------------------------------
 # (b) sysfs: sessions, disks, maps; status line; iscsi-boot-status
 # ---------------------------------------------------------------------------
-
-def _link(path: Path, target: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.symlink_to(target)
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text + "\n")
-
-
-@pytest.fixture
-def fake_root(tmp_path) -> Path:
-    """/sys and /proc of a machine whose root is dm-0 (mpatha, partition dm-1 unused) over
-    session 1 (sdb, 192.0.2.1) and session 2 (sdc, [2001:db8::1]:3260)."""
-    root = tmp_path / "fake"
-    sysfs = root / "sys"
-    for sid, host, disk, devno, addr in [(1, 2, "sdb", "8:16", "192.0.2.1"),
-                                         (2, 3, "sdc", "8:32", "2001:db8::1")]:
-        sess = sysfs / f"devices/platform/host{host}/session{sid}"
-        blk = sess / f"target{host}:0:0/{host}:0:0:1/block/{disk}"
-        _write(blk / "dev", devno)
-        _link(blk / "holders/dm-0", "../../../../../../../../virtual/block/dm-0")
-        _link(sysfs / f"block/{disk}", f"../devices/platform/host{host}/session{sid}/"
-                                        f"target{host}:0:0/{host}:0:0:1/block/{disk}")
-        cls = sysfs / f"class/iscsi_session/session{sid}"
-        _write(cls / "targetname", IQN)
-        _write(cls / "state", "LOGGED_IN")
-        _link(cls / "device", f"../../../devices/platform/host{host}/session{sid}")
-        conn = sysfs / f"class/iscsi_connection/connection{sid}:0"
-        _write(conn / "persistent_address", addr)
-        _write(conn / "persistent_port", "3260")
-        _link(sysfs / f"devices/virtual/block/dm-0/slaves/{disk}", f"../../../../platform/host{host}/"
-              f"session{sid}/target{host}:0:0/{host}:0:0:1/block/{disk}")
-    _write(sysfs / "devices/virtual/block/dm-0/dm/uuid", "mpath-360000000000000000e00000000010001")
-    _write(sysfs / "devices/virtual/block/dm-0/dm/name", "mpatha")
-    _write(sysfs / "devices/virtual/block/dm-1/dm/uuid", "part1-mpath-360000000000000000e00000000010001")
-    _write(sysfs / "devices/virtual/block/dm-1/dm/name", "mpatha-part1")
-    _link(sysfs / "devices/virtual/block/dm-1/slaves/dm-0", "../../dm-0")
-    _write(sysfs / "devices/virtual/block/dm-2/dm/uuid", "LVM-something")
-    for dm in ("dm-0", "dm-1", "dm-2"):
-        _link(sysfs / f"block/{dm}", f"../devices/virtual/block/{dm}")
-    _link(sysfs / "dev/block/253:0", "../../devices/virtual/block/dm-0")
-    _write(root / "proc/self/mountinfo", "1 0 0:20 / / rw - rootfs rootfs rw\n"
-                                         "22 1 253:0 / / rw,relatime - ext4 /dev/mapper/mpatha rw\n"
-                                         "23 22 0:21 / /proc rw - proc proc rw")
-    # stand-ins for dmsetup and ip on PATH
-    bin_dir = root / "bin"
-    _write(bin_dir / "dmsetup", f"#!/bin/sh\necho '{DM_STATUS}'")
-    _write(bin_dir / "ip", "#!/bin/sh\necho \"$4 dev eth-test src 192.0.2.10 uid 0\"")
-    for tool in ("dmsetup", "ip"):
-        (bin_dir / tool).chmod(0o755)
-    return root
-
-
-def sys_env(root: Path) -> dict[str, str]:
-    return {"OIB_SYSFS": str(root / "sys"), "OIB_PROC": str(root / "proc"),
-            "PATH": f"{root / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}"}
-
 
 def test_sessions_disks_maps(shell, fake_root):
     proc = run_sh(shell, f"""
@@ -516,11 +419,9 @@ def test_status_line(shell, fake_root):
 
 def test_iscsi_boot_status(fake_root, tmp_path):
     rundir = tmp_path / "run"
-    _write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
-                             "OIB_PORTALS='192.0.2.1:3260 [2001:db8::1]:3260 198.51.100.1:3260'\n")
-    env = {**sys_env(fake_root), "OIB_LIB": str(LIB), "OIB_RUNDIR": str(rundir), "LANG": "C"}
-    proc = subprocess.run(["dash", str(STATUS), "-v"], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
+    write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
+                            "OIB_PORTALS='192.0.2.1:3260 [2001:db8::1]:3260 198.51.100.1:3260'\n")
+    proc = run_status(fake_root, rundir, "-v")
     lines = proc.stdout.splitlines()
     assert proc.returncode == 1, proc.stderr  # a path failed and one portal is missing
     assert lines[0] == ("open-iscsi-boot: root /dev/dm-0 (mpatha) paths 1/3 active portals "
@@ -534,12 +435,11 @@ def test_iscsi_boot_status_not_multipath(tmp_path):
     proc_dir.mkdir(parents=True)
     (proc_dir / "mountinfo").write_text("22 1 8:1 / / rw - ext4 /dev/sda1 rw\n")
     sysfs = tmp_path / "sys"
-    _write(sysfs / "devices/pci/block/sda/sda1/dev", "8:1")
-    _link(sysfs / "dev/block/8:1", "../../devices/pci/block/sda/sda1")
+    write(sysfs / "devices/pci/block/sda/sda1/dev", "8:1")
+    link(sysfs / "dev/block/8:1", "../../devices/pci/block/sda/sda1")
     env = {"OIB_LIB": str(LIB), "OIB_SYSFS": str(sysfs), "OIB_PROC": str(tmp_path / "proc"),
-           "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.run(["dash", str(STATUS)], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
+           "PATH": host_path()}
+    proc = run_dash(STATUS, env=env)
     assert proc.returncode == 2
     assert "sda1, not on a multipath device" in proc.stdout
 
@@ -552,9 +452,8 @@ def test_iscsi_boot_status_not_multipath(tmp_path):
 def test_scripts_do_nothing_without_iscsitarget(script, tmp_path):
     env = {**cmdline(tmp_path, "root=LABEL=root iscsi_target_name=iqn.2024-01.org.example:x "
                                "iscsi_target_ip=192.0.2.1 ro"),
-           "OIB_LIB": str(LIB), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.run(["dash", str(script)], capture_output=True, text=True, env=env,
-                          check=False, timeout=60, cwd=tmp_path)
+           "OIB_LIB": str(LIB), "PATH": host_path()}
+    proc = run_dash(script, env=env, cwd=tmp_path)
     assert (proc.returncode, proc.stdout, proc.stderr) == (0, "", "")
 
 
@@ -591,7 +490,7 @@ def test_hook_generic_initramfs(tmp_path):
     for src in (LIB, PKG / "conf/iscsid.conf", PKG / "conf/multipath.conf"):
         shutil.copy(src, share / src.name)
     env = {"DESTDIR": str(dest), "version": "0.0.0-fake", "MODULESDIR": "/lib/modules/0.0.0-fake",
-           "verbose": "n", "OIB_SHAREDIR": str(share), "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+           "verbose": "n", "OIB_SHAREDIR": str(share), "PATH": host_path()}
     proc = subprocess.run(["sh", str(HOOK)], capture_output=True, text=True, env=env,
                           check=False, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -618,17 +517,13 @@ def test_hook_generic_initramfs(tmp_path):
 
 def test_handover_installs_name_and_records(tmp_path):
     rundir = tmp_path / "run"
-    _write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
-                             "OIB_PORTALS='192.0.2.1:3260'\nOIB_NETDEVS=''\n"
-                             "OIB_STATUS='open-iscsi-boot: root ...'\n")
-    _write(rundir / f"nodes/{IQN}/192.0.2.1,3260", "node.startup = onboot")
+    write(rundir / "state", f"OIB_TARGET='{IQN}'\nOIB_INITIATOR='{INITIATOR}'\n"
+                            "OIB_PORTALS='192.0.2.1:3260'\nOIB_NETDEVS=''\n"
+                            "OIB_STATUS='open-iscsi-boot: root ...'\n")
+    write(rundir / f"nodes/{IQN}/192.0.2.1,3260", "node.startup = onboot")
     etc = tmp_path / "etc-iscsi"
-    _write(etc / "initiatorname.iscsi", "GenerateName=yes")
-    env = {"OIB_LIB": str(LIB), "OIB_RUNDIR": str(rundir), "OIB_ETC_ISCSI": str(etc),
-           "OIB_NODE_DB": str(etc / "nodes"),  # never the host's own database
-           "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    proc = subprocess.run(["dash", str(HANDOVER), "start"], capture_output=True, text=True, env=env,
-                          check=False, timeout=60)
+    write(etc / "initiatorname.iscsi", "GenerateName=yes")
+    proc = run_handover("start", rundir, etc)
     assert proc.returncode == 0, proc.stderr
     assert f"InitiatorName={INITIATOR}" in (etc / "initiatorname.iscsi").read_text().splitlines()
     assert (etc / f"nodes/{IQN}/192.0.2.1,3260").read_text().strip() == "node.startup = onboot"
@@ -636,12 +531,8 @@ def test_handover_installs_name_and_records(tmp_path):
 
 
 def test_handover_without_state_does_nothing(tmp_path):
-    env = {"OIB_LIB": str(LIB), "OIB_RUNDIR": str(tmp_path / "none"), "OIB_ETC_ISCSI": str(tmp_path / "etc"),
-           "OIB_NODE_DB": str(tmp_path / "etc" / "nodes"),
-           "PATH": os.environ.get("PATH", "/usr/bin:/bin")}
     for mode in ("start", "login-missing"):
-        proc = subprocess.run(["dash", str(HANDOVER), mode], capture_output=True, text=True, env=env,
-                              check=False, timeout=60)
+        proc = run_handover(mode, tmp_path / "none", tmp_path / "etc")
         assert (proc.returncode, proc.stdout) == (0, "")
     assert not (tmp_path / "etc").exists()
 
@@ -678,7 +569,7 @@ def test_deb_builds_and_is_lintian_clean(tmp_path):
     shutil.copytree(PKG, src, symlinks=True,
                     ignore=shutil.ignore_patterns(".debhelper", "debhelper-build-stamp", "files",
                                                   "*.substvars", "*.debhelper.log"))
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8", "TZ": "UTC",
+    env = {"PATH": host_path(), "LANG": "C.UTF-8", "TZ": "UTC",
            "HOME": str(tmp_path)}
     build = subprocess.run(["dpkg-buildpackage", "--build=all", "-us", "-uc"], cwd=src, env=env,
                            capture_output=True, text=True, check=False, timeout=600,

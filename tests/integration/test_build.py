@@ -1,9 +1,10 @@
 """Integration tests: build the default recipe's amd64 triple with the real tools.
 
-The build runs once per test session in a scratch project (``out/it/``)
-whose ``dodo.py`` imports this project's task creators, as another project
-would.  Later runs reuse it (doit finds it up to date).  Every test here
-reads that one build or changes one input and watches what doit re-runs.
+The build runs once per test session (conftest.py's ``built``) in the
+scratch project of scratch_build.py (``out/it/``), whose ``dodo.py`` imports
+this project's task creators, as another project would.  Later runs reuse it
+(doit finds it up to date).  Every test here reads that one build or changes
+one input and watches what doit re-runs.
 """
 
 from __future__ import annotations
@@ -22,66 +23,8 @@ import pytest
 import yaml
 
 from pipeline.fsutil import mounts_under
-from pipeline.build.scratch import write_project
-
-PROJECT = Path(__file__).resolve().parents[2]
-SCRATCH = Path(os.environ.get("PIPELINE_IT_PROJECT", PROJECT / "out" / "it"))
-IMAGE, FLAVOUR = "trixie", "amd64"
-TASK = f"build:{IMAGE}-{FLAVOUR}"
-MARKER = "etc/pipeline-it-marker"
-
-pytestmark = pytest.mark.slow
-
-def make_scratch_project() -> None:
-    """The default recipe with one flavour, plus a test overlay with a marker."""
-    recipe = yaml.safe_load((PROJECT / "recipes" / f"{IMAGE}.yaml").read_text())
-    recipe["kernel_flavours"] = [FLAVOUR]
-    recipe["overlays"] = [*recipe.get("overlays", []), "it-marker"]
-    other = PROJECT / "recipes" / "bookworm.yaml"
-    write_project(SCRATCH, {f"{IMAGE}.yaml": yaml.safe_dump(recipe, sort_keys=False),
-                            other.name: other.read_text()},
-                  overlays=PROJECT / "overlays", link_packages=True)
-    marker = SCRATCH / "overlays" / "it-marker" / MARKER
-    if not marker.exists():  # keep the last test's value: no rebuild at session start
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("first\n")
-
-
-def doit(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
-    proc = subprocess.run(["doit", *args], cwd=SCRATCH, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True, timeout=timeout)
-    with open(SCRATCH / "doit.log", "a") as log:
-        log.write(f"\n$ doit {' '.join(args)}\n{proc.stdout}{proc.stderr}")
-    if check and proc.returncode != 0:
-        pytest.fail(f"doit {' '.join(args)} failed ({proc.returncode}):\n"
-                    + "\n".join((proc.stdout + proc.stderr).splitlines()[-40:]))
-    return proc
-
-
-def steps_run(output: str) -> set[str]:
-    """Steps that started, e.g. {'rootfs trixie-amd64'}."""
-    return set(re.findall(r"^==> (.+?): start$", output, re.M)) - {"preflight"}
-
-
-def current_manifest() -> Path:
-    stamp = json.loads((SCRATCH / "out/work" / IMAGE / FLAVOUR / "triple.json").read_text())
-    names = [n for n in stamp["files"] if n.endswith(".manifest.json")]
-    return SCRATCH / "out/triples" / names[0]
-
-
-def pipeline_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["python3", "-m", "pipeline", *args], cwd=PROJECT,
-                          capture_output=True, text=True, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture(scope="session")
-def built() -> Path:
-    """Build the triple once; return its manifest."""
-    make_scratch_project()
-    proc = doit(TASK)
-    assert re.search(rf"==> build {IMAGE}-{FLAVOUR}: (done in [0-9.]+s|start)", proc.stdout) \
-        or "-- build" in proc.stdout, proc.stdout[-2000:]
-    return current_manifest()
+from scratch_build import (FLAVOUR, IMAGE, MARKER, SCRATCH, TASK, TEST_OVERLAY, assert_checks_pass,
+                           current_manifest, debugfs_cat, doit, manifest_of, pipeline_cli, steps_run)
 
 
 def test_triple_is_named_by_image_and_release(built):
@@ -134,12 +77,10 @@ def test_root_image_is_sparse_and_mounts_root_by_label(built, tmp_path):
     root = built.parent / manifest["parts"]["root"]["file"]
     st = root.stat()
     assert st.st_blocks * 512 < st.st_size
-    fstab = subprocess.run(["debugfs", "-R", "cat /etc/fstab", str(root)], capture_output=True,
-                           text=True, check=True).stdout
+    fstab = debugfs_cat(root, "/etc/fstab")
     assert re.search(r"^LABEL=debian-root\s+/\s+ext4", fstab, re.M), fstab
     assert "UUID=" not in fstab
-    machine_id = subprocess.run(["debugfs", "-R", "cat /etc/machine-id", str(root)],
-                                capture_output=True, text=True, check=True).stdout
+    machine_id = debugfs_cat(root, "/etc/machine-id")
     assert machine_id == ""
 
 
@@ -240,7 +181,7 @@ def assert_old_triple_intact(manifest: Path, data: dict) -> None:
 def test_overlay_change_survives_sigkill_and_rebuilds_only_after_bootstrap(built):
     old_data = json.loads(built.read_text())
     value = f"{uuid.uuid4()}\n"
-    (SCRATCH / "overlays" / "it-marker" / MARKER).write_text(value)
+    (TEST_OVERLAY / MARKER).write_text(value)
 
     # Killed in the middle of the root step (while the initramfs is made)...
     start_and_kill(r"update-initramfs|mkinitramfs")
@@ -265,11 +206,8 @@ def test_overlay_change_survives_sigkill_and_rebuilds_only_after_bootstrap(built
     new_data = json.loads(manifest.read_text())
     assert new_data["parts"]["root"]["sha256"] != old_data["parts"]["root"]["sha256"]
     root = manifest.parent / new_data["parts"]["root"]["file"]
-    content = subprocess.run(["debugfs", "-R", f"cat /{MARKER}", str(root)],
-                             capture_output=True, text=True, check=True).stdout
-    assert content == value
-    for command in ("verify", "fit", "audit"):
-        assert pipeline_cli(command, str(manifest)).returncode == 0, command
+    assert debugfs_cat(root, f"/{MARKER}") == value
+    assert_checks_pass(manifest)
     assert mounts_under(SCRATCH) == []
     assert not list(SCRATCH.glob("out/**/*.partial"))
 
@@ -277,12 +215,9 @@ def test_overlay_change_survives_sigkill_and_rebuilds_only_after_bootstrap(built
 def test_bookworm_triple_with_debootstrap(built):
     """The other bootstrapper and the other suite: a whole triple, checked."""
     doit("-n", "2", "build:bookworm-amd64")  # also proves the tasks work with doit -n
-    stamp = json.loads((SCRATCH / "out/work/bookworm/amd64/triple.json").read_text())
-    manifest = SCRATCH / "out/triples" / next(n for n in stamp["files"] if n.endswith(".manifest.json"))
+    manifest = manifest_of("bookworm", "amd64")
     data = json.loads(manifest.read_text())
     assert manifest.name.startswith("bookworm_6.1.")
     assert data["tools"]["debootstrap"].startswith("debootstrap")
     assert data["packages"]["base-files"].startswith("12.")
-    for command in ("verify", "fit", "audit"):
-        proc = pipeline_cli(command, str(manifest))
-        assert proc.returncode == 0, f"{command}: {proc.stdout}{proc.stderr}"
+    assert_checks_pass(manifest)

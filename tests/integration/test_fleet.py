@@ -7,7 +7,7 @@ published tree), tgtd loads the generated tgt configuration (one target per
 machine, its initiator name and CHAP password), and each qemu machine boots
 through its NIC's iPXE ROM with the MAC of its inventory entry.
 
-Uses the triple that test_build.py builds once per session; its last test
+Uses the session's one build (conftest.py's ``built``); its last test
 rebuilds that triple (an overlay change) and publishes again.
 """
 
@@ -29,10 +29,7 @@ from pipeline.fleet.inventory import load_inventory
 from pipeline.lab.harness import PORTALS, Lab, add_agent
 from pipeline.naming import Store, Triple
 from pipeline.fleet.publish import gc, publish
-from pipeline.build.recipe import load_recipes
-from test_build import MARKER, SCRATCH, TASK, built, current_manifest, doit  # noqa: F401
-
-pytestmark = pytest.mark.slow
+from scratch_build import TASK, TEST_OVERLAY, current_manifest, doit, scratch_recipes
 
 # An overlay file of the test's own that goes into the initramfs.
 INITRAMFS_MARKER = "etc/initramfs-tools/conf.d/zz-pipeline-it-marker"
@@ -65,8 +62,7 @@ class Fleet:
                  "machines:"]
         lines += [f"  {macs[0]}: {{name: {name}, image: trixie}}" for name, macs in MACHINES.items()]
         self.path.write_text("\n".join(lines) + "\n")
-        recipes = {r.image: r for r in load_recipes(SCRATCH / "recipes", SCRATCH / "overlays")}
-        self.inventory = load_inventory(self.path, recipes)
+        self.inventory = load_inventory(self.path, scratch_recipes())
         self.store = Store(self.inventory.site.store)
         self.derived = {m.name: derive(self.inventory.site, m) for m in self.inventory.machines}
 
@@ -77,7 +73,7 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(built):  # noqa: F811
+def fleet(built):
     # Not under pytest's private (0700) folder: dnsmasq serves the TFTP tree
     # as its own unprivileged user, as on a site.
     work = Path(tempfile.mkdtemp(prefix="fleet-", dir="/var/tmp"))
@@ -100,7 +96,7 @@ def make_fleet(work: Path) -> Fleet:
 
 
 @pytest.fixture(scope="module")
-def booted(fleet, built):  # noqa: F811
+def booted(fleet, built):
     lab = Lab(Triple.from_manifest(built), fleet.work / "lab",
               dnsmasq_conf=fleet.inventory.site.dnsmasq_conf, tgt_conf=fleet.store.tgt_conf)
     with lab:
@@ -223,7 +219,7 @@ def test_a_machine_reaches_its_own_disk_only_and_only_with_its_secret(fleet, boo
     assert guest.wait_paths(2, 60) is not None
 
 
-def test_republish_after_a_rebuild_leaves_both_disks_as_they_were(fleet, booted, built):  # noqa: F811
+def test_republish_after_a_rebuild_leaves_both_disks_as_they_were(fleet, booted, built):
     _lab, guests = booted
     for name, guest in guests.items():
         assert guest.poweroff(60) is not None, f"{name}: poweroff"
@@ -237,7 +233,7 @@ def test_republish_after_a_rebuild_leaves_both_disks_as_they_were(fleet, booted,
     # file that mkinitramfs copies (conf.d settings go into the initramfs).
     # A change that only reaches the root image would leave the boot files
     # as they were: the initramfs is reproducible, and so are its names.
-    conf = SCRATCH / "overlays" / "it-marker" / INITRAMFS_MARKER
+    conf = TEST_OVERLAY / INITRAMFS_MARKER
     conf.parent.mkdir(parents=True, exist_ok=True)
     conf.write_text(f"# fleet rebuild {time.time()}\n")
     old_manifest = json.loads(current_manifest().read_text())

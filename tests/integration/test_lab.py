@@ -1,6 +1,6 @@
 """Boot proof: the default recipe's amd64 triple boots as a diskless machine
 with its root on a multipath iSCSI LUN, in the lab (namespace, dnsmasq,
-tgtd, qemu).  Uses the triple that test_build.py builds once per session.
+tgtd, qemu).  Uses the session's one build (conftest.py's ``built``).
 
 Bounds (TCG, 2 cores): multi-user within 300 s; a path comes back within
 120 s of its link; poweroff within 60 s; a bad boot parameter ends the boot
@@ -16,9 +16,6 @@ import pytest
 
 from pipeline.lab.harness import INITIATOR_IQN, PORTALS as LAB_PORTALS, TARGET_IQN, Lab
 from pipeline.naming import Triple
-from test_build import built  # noqa: F401  (the session's one build)
-
-pytestmark = pytest.mark.slow
 
 BOOT_BOUND = 300
 PATH_BOUND = 120
@@ -27,7 +24,7 @@ PANIC_BOUND = 150
 
 
 @pytest.fixture(scope="module")
-def lab(built, tmp_path_factory):  # noqa: F811
+def lab(built, tmp_path_factory):
     with Lab(Triple.from_manifest(built), tmp_path_factory.mktemp("lab")) as running:
         yield running
     # Lab.__exit__ removed the namespace and stopped what it started.

@@ -1,8 +1,8 @@
 """Reproducibility proved with real builds.
 
-The first build is the one test_build.py made (``out/it``).  The second is a
-clean build of the same recipe in another project (``out/it-repro``): other
-build path, time zone, locale, umask, host name and hash seed, and a lock
+The first build is the session's one build (conftest.py's ``built``, in
+``out/it``).  The second is a clean build of the same recipe in another
+project (``out/it-repro``): other build path, time zone, locale, umask, host name and hash seed, and a lock
 made from the first build's manifest, so that an update of the mirror
 between the two builds cannot pass for a reproducibility failure (and the
 lock is proved on the way).  Every part of the triple must be the same.
@@ -23,11 +23,8 @@ import pytest
 import yaml
 
 from pipeline.build import repro
-from pipeline.build.recipe import load_recipes
 from pipeline.runner import CommandError
-from test_build import FLAVOUR, IMAGE, PROJECT, SCRATCH, TASK, built, current_manifest, doit  # noqa: F401
-
-pytestmark = pytest.mark.slow
+from scratch_build import FLAVOUR, IMAGE, PROJECT, SCRATCH, TASK, current_manifest, doit, scratch_recipes
 
 SECOND = PROJECT / "out" / "it-repro"
 HOOK = "etc/initramfs-tools/hooks/zz-pipeline-it-build-time"
@@ -41,14 +38,9 @@ date +%s.%N > /etc/pipeline-it-build-time
 """
 
 
-def recipe():
-    return next(r for r in load_recipes(SCRATCH / "recipes", SCRATCH / "overlays")
-                if r.image == IMAGE)
-
-
 def make_second(dest: Path, lock: dict[str, str]) -> None:
     """A copy of the first build's project, locked to ``lock``."""
-    repro.prepare(SCRATCH, recipe(), [FLAVOUR], dest)
+    repro.prepare(SCRATCH, scratch_recipes()[IMAGE], [FLAVOUR], dest)
     (dest / "recipes" / "first.manifest.json").write_text(json.dumps({"packages": lock}))
     path = dest / "recipes" / f"{IMAGE}.yaml"
     data = yaml.safe_load(path.read_text())
@@ -57,14 +49,14 @@ def make_second(dest: Path, lock: dict[str, str]) -> None:
 
 
 @pytest.fixture(scope="module")
-def second(built):  # noqa: F811
+def second(built):
     first_packages = json.loads(built.read_text())["packages"]
     make_second(SECOND, first_packages)
     repro.build(SECOND, TASK, repro.SECOND)
     return SECOND
 
 
-def test_a_clean_rebuild_elsewhere_is_the_same_bytes(built, second):  # noqa: F811
+def test_a_clean_rebuild_elsewhere_is_the_same_bytes(built, second):
     result = repro.check(built.parent, second / "out" / "triples")
     print("\n" + result.table())
     reports = "\n".join(p.report.read_text()[:3000] for p in result.different if p.report)
@@ -74,7 +66,7 @@ def test_a_clean_rebuild_elsewhere_is_the_same_bytes(built, second):  # noqa: F8
         for suffix in (".vmlinuz", ".initrd.img", ".root.ext4", ".manifest.json"))
 
 
-def test_a_build_time_stamp_is_caught_and_reported(built, second):  # noqa: F811
+def test_a_build_time_stamp_is_caught_and_reported(built, second):
     token = uuid.uuid4().hex  # new every run: no initramfs made earlier can be reused
     hooks = [project / "overlays" / "it-marker" / HOOK for project in (SCRATCH, second)]
     try:
@@ -99,7 +91,7 @@ def test_a_build_time_stamp_is_caught_and_reported(built, second):  # noqa: F811
         doit(TASK)  # back to the triple the other tests know
 
 
-def test_a_version_the_mirror_does_not_have_stops_the_build(built, tmp_path):  # noqa: F811
+def test_a_version_the_mirror_does_not_have_stops_the_build(built, tmp_path):
     packages = dict(json.loads(built.read_text())["packages"])
     packages["zstd"] = "0.0.1-1"
     project = PROJECT / "out" / "it-repro-lock"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,8 @@ from pipeline.build import audit
 from pipeline import ext4
 from pipeline.errors import PipelineError
 from pipeline.naming import Triple
+from tiny_artifacts import ext4_image, gzip_initrd, write_files
 
-MIB = 1 << 20
 FS_UUID = "0f3b4c55-8a9d-4e2f-9b1a-2c3d4e5f6a7b"
 RELEASE = "6.1.0-9-amd64"
 PEM = "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"
@@ -34,33 +33,13 @@ CLEAN_INITRD = {
 }
 
 
-def populate(root: Path, files: dict[str, str]) -> Path:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    return root
-
-
 def make_root(tmp_path: Path, files: dict[str, str], name: str = "root.ext4") -> Path:
-    tree = populate(tmp_path / (name + ".tree"), files)
-    image = tmp_path / name
-    with open(image, "wb") as handle:
-        handle.truncate(8 * MIB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "x", "-U", FS_UUID, "-d", str(tree),
-                    str(image)], check=True, capture_output=True)
-    return image
+    tree = write_files(tmp_path / (name + ".tree"), files)
+    return ext4_image(tree, tmp_path / name, "-L", "x", "-U", FS_UUID)
 
 
 def make_initrd(tmp_path: Path, files: dict[str, str], name: str = "initrd.img") -> Path:
-    tree = populate(tmp_path / (name + ".tree"), files)
-    names = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
-    data = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], cwd=tree, input=names,
-                          check=True, capture_output=True).stdout
-    path = tmp_path / name
-    path.write_bytes(subprocess.run(["gzip", "-n"], input=data, check=True,
-                                    capture_output=True).stdout)
-    return path
+    return gzip_initrd(write_files(tmp_path / (name + ".tree"), files), tmp_path / name)
 
 
 def test_clean_pair_has_no_findings(tmp_path):

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import gzip
-import lzma
 import os
 import subprocess
-import zlib
 from pathlib import Path
 
 import pytest
 
 from pipeline import cpio
 from pipeline.errors import PipelineError
+from tiny_artifacts import newc_archive
 
 RELEASE = "6.1.0-9-amd64"
 
@@ -41,13 +39,6 @@ def make_tree(root: Path, files=FILES, links=LINKS, dirs=DIRS) -> Path:
     for name in dirs:
         (root / name).mkdir(parents=True, exist_ok=True)
     return root
-
-
-def make_newc(tree: Path) -> bytes:
-    """A newc archive of ``tree`` the way mkinitramfs makes one (find . | cpio)."""
-    names = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
-    return subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], cwd=tree, input=names,
-                          check=True, capture_output=True).stdout
 
 
 def compress(data: bytes, how: str) -> bytes:
@@ -90,7 +81,7 @@ def check_members(found: dict[str, cpio.Member]) -> None:
 
 @pytest.mark.parametrize("how", ["none", "gzip", "xz", "zstd"])
 def test_members(tmp_path, tree, how):
-    path = write(tmp_path, compress(make_newc(tree), how))
+    path = write(tmp_path, compress(newc_archive(tree), how))
     found = by_name(path)
     check_members(found)
     expected = set(FILES) | set(LINKS) | set(DIRS)
@@ -99,7 +90,7 @@ def test_members(tmp_path, tree, how):
 
 @pytest.mark.parametrize("how", ["gzip", "xz", "zstd"])
 def test_module_releases(tmp_path, tree, how):
-    path = write(tmp_path, compress(make_newc(tree), how))
+    path = write(tmp_path, compress(newc_archive(tree), how))
     assert cpio.module_releases(path) == {RELEASE}
 
 
@@ -108,13 +99,13 @@ def test_module_releases_two_kernels_and_lib_modules(tmp_path):
         "usr/lib/modules/6.1.0-9-amd64/a.ko": b"a",
         "lib/modules/6.1.0-10-cloud-amd64/b.ko": b"b",
         "usr/share/modules/not-this/c": b"c"}, links={}, dirs=[])
-    path = write(tmp_path, compress(make_newc(tree), "gzip"))
+    path = write(tmp_path, compress(newc_archive(tree), "gzip"))
     assert cpio.module_releases(path) == {"6.1.0-9-amd64", "6.1.0-10-cloud-amd64"}
 
 
 def test_no_modules(tmp_path):
     tree = make_tree(tmp_path / "tree", files={"etc/foo": b"x"}, links={}, dirs=[])
-    path = write(tmp_path, compress(make_newc(tree), "zstd"))
+    path = write(tmp_path, compress(newc_archive(tree), "zstd"))
     assert cpio.module_releases(path) == set()
 
 
@@ -122,9 +113,9 @@ def test_no_modules(tmp_path):
 def test_early_cpio_then_compressed_main(tmp_path, tree, how):
     early = make_tree(tmp_path / "early", files={
         "kernel/x86/microcode/GenuineIntel.bin": b"\x01\x02microcode"}, links={}, dirs=[])
-    early_cpio = make_newc(early)
+    early_cpio = newc_archive(early)
     assert len(early_cpio) % 4 == 0
-    path = write(tmp_path, early_cpio + compress(make_newc(tree), how))
+    path = write(tmp_path, early_cpio + compress(newc_archive(tree), how))
     found = by_name(path)
     assert found["kernel/x86/microcode/GenuineIntel.bin"].data == b"\x01\x02microcode"
     check_members(found)
@@ -133,7 +124,7 @@ def test_early_cpio_then_compressed_main(tmp_path, tree, how):
 
 def test_zero_padding_between_archives(tmp_path, tree):
     early = make_tree(tmp_path / "early", files={"early.bin": b"e"}, links={}, dirs=[])
-    path = write(tmp_path, make_newc(early) + b"\0" * 512 + compress(make_newc(tree), "zstd"))
+    path = write(tmp_path, newc_archive(early) + b"\0" * 512 + compress(newc_archive(tree), "zstd"))
     found = by_name(path)
     assert found["early.bin"].data == b"e"
     check_members(found)
@@ -141,7 +132,7 @@ def test_zero_padding_between_archives(tmp_path, tree):
 
 @pytest.mark.parametrize("how", ["none", "gzip", "xz", "zstd"])
 def test_extract(tmp_path, tree, how):
-    path = write(tmp_path, compress(make_newc(tree), how))
+    path = write(tmp_path, compress(newc_archive(tree), how))
     dest = tmp_path / "dest"
     releases = cpio.extract(path, dest)
     assert releases == {RELEASE}
@@ -158,7 +149,7 @@ def test_extract(tmp_path, tree, how):
 
 
 def test_extract_with_other_prefixes(tmp_path, tree):
-    path = write(tmp_path, compress(make_newc(tree), "gzip"))
+    path = write(tmp_path, compress(newc_archive(tree), "gzip"))
     dest = tmp_path / "dest"
     cpio.extract(path, dest, prefixes=("usr/",))
     assert (dest / f"usr/lib/modules/{RELEASE}/kernel/x.ko").read_bytes() == \
@@ -167,7 +158,7 @@ def test_extract_with_other_prefixes(tmp_path, tree):
 
 
 def test_extract_twice_replaces_files_and_links(tmp_path, tree):
-    path = write(tmp_path, compress(make_newc(tree), "gzip"))
+    path = write(tmp_path, compress(newc_archive(tree), "gzip"))
     dest = tmp_path / "dest"
     cpio.extract(path, dest)
     (dest / "etc/foo").write_text("changed")
@@ -185,20 +176,20 @@ def test_unknown_compression(tmp_path):
 
 
 def test_unknown_compression_after_early_cpio(tmp_path, tree):
-    path = write(tmp_path, make_newc(tree) + b"\x42\x5a\x68garbage")
+    path = write(tmp_path, newc_archive(tree) + b"\x42\x5a\x68garbage")
     with pytest.raises(PipelineError, match="unknown compression"):
         list(cpio.members(path))
 
 
 def test_truncated_cpio(tmp_path, tree):
-    data = make_newc(tree)
+    data = newc_archive(tree)
     path = write(tmp_path, data[: len(data) // 2])
     with pytest.raises(PipelineError, match="corrupt cpio header"):
         list(cpio.members(path))
 
 
 def test_bad_magic_in_second_header(tmp_path, tree):
-    data = bytearray(make_newc(tree))
+    data = bytearray(newc_archive(tree))
     # the first member is "."; its header and name take 112 bytes, body 0
     assert data[:6] == b"070701" and data[112:118] == b"070701"
     data[112:118] = b"999999"
@@ -208,7 +199,7 @@ def test_bad_magic_in_second_header(tmp_path, tree):
 
 
 def test_corrupt_zstd(tmp_path, tree):
-    blob = compress(make_newc(tree), "zstd")
+    blob = compress(newc_archive(tree), "zstd")
     path = write(tmp_path, blob[: len(blob) // 2])
     with pytest.raises(PipelineError):
         list(cpio.members(path))
@@ -220,7 +211,7 @@ def test_empty_file_has_no_members(tmp_path):
 
 @pytest.mark.parametrize("how", ["gzip", "xz"])
 def test_corrupt_stdlib_compression(tmp_path, tree, how):
-    blob = compress(make_newc(tree), how)
+    blob = compress(newc_archive(tree), how)
     path = write(tmp_path, blob[: len(blob) // 2])
     with pytest.raises(PipelineError):
         list(cpio.members(path))
@@ -235,7 +226,7 @@ def test_non_hex_header(tmp_path):
 def test_top_level_dotfile_keeps_its_name(tmp_path):
     tree = make_tree(tmp_path / "tree", files={".profile": b"p", "etc/.hidden": b"h"},
                      links={}, dirs=[])
-    names = set(by_name(write(tmp_path, make_newc(tree))))
+    names = set(by_name(write(tmp_path, newc_archive(tree))))
     assert "etc/.hidden" in names
     assert ".profile" in names
 
@@ -245,7 +236,7 @@ def test_extract_does_not_write_through_symlinks(tmp_path):
     victim.mkdir()
     first = make_tree(tmp_path / "a", files={}, links={"etc/esc": str(victim)}, dirs=[])
     second = make_tree(tmp_path / "b", files={"etc/esc/owned": b"x"}, links={}, dirs=[])
-    path = write(tmp_path, make_newc(first) + make_newc(second))
+    path = write(tmp_path, newc_archive(first) + newc_archive(second))
     dest = tmp_path / "dest"
     try:
         cpio.extract(path, dest)

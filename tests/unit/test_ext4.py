@@ -13,8 +13,8 @@ import pytest
 from pipeline import ext4
 from pipeline.build import fit
 from pipeline.errors import PipelineError
+from tiny_artifacts import MIB, ext4_image, gzip_initrd
 
-MIB = 1 << 20
 EPOCH = 1700000000
 
 
@@ -213,23 +213,12 @@ def make_initrd(tmp_path: Path, release: str) -> Path:
     (tree / f"usr/lib/modules/{release}/kernel").mkdir(parents=True)
     (tree / f"usr/lib/modules/{release}/kernel/x.ko").write_bytes(b"ko")
     (tree / "etc").mkdir()
-    names = subprocess.run(["find", "."], cwd=tree, check=True, capture_output=True).stdout
-    data = subprocess.run(["cpio", "--quiet", "-o", "-H", "newc"], cwd=tree, input=names,
-                          check=True, capture_output=True).stdout
-    path = tmp_path / f"{release}.initrd.img"
-    path.write_bytes(subprocess.run(["gzip", "-n"], input=data, check=True,
-                                    capture_output=True).stdout)
-    return path
+    return gzip_initrd(tree, tmp_path / f"{release}.initrd.img")
 
 
 def make_root(tmp_path: Path, release: str) -> Path:
     tree = small_tree(tmp_path / f"root-tree-{release}", release)
-    image = tmp_path / f"{release}.root.ext4"
-    with open(image, "wb") as handle:
-        handle.truncate(8 * MIB)
-    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image)], check=True,
-                   capture_output=True)
-    return image
+    return ext4_image(tree, tmp_path / f"{release}.root.ext4")
 
 
 def test_fit_check_matching_set(tmp_path):

@@ -11,6 +11,7 @@ import pytest
 from pipeline.build import initramfs_cache as cache_mod
 from pipeline.build.initramfs_cache import Cache, counts, key
 from pipeline.naming import Layout
+from tiny_artifacts import write_files
 
 RELEASE = "6.12.57+deb13-amd64"
 
@@ -49,18 +50,11 @@ OVERLAY = {
 }
 
 
-def write(root: Path, files: dict[str, str]) -> None:
-    for rel, text in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-
-
 @pytest.fixture
 def setup(tmp_path):
     """A tree as the root step has it before the initramfs, one overlay, one .deb."""
     tree = tmp_path / "tree"
-    write(tree, {
+    write_files(tree, {
         "var/lib/dpkg/status": "Package: initramfs-tools\nStatus: install ok installed\n",
         "usr/share/initramfs-tools/hooks/udev": UDEV_HOOK,
         "usr/share/initramfs-tools/hooks/open-iscsi-boot": BOOT_HOOK,
@@ -72,7 +66,7 @@ def setup(tmp_path):
         "boot/vmlinuz-" + RELEASE: "kernel",
     })
     overlay = tmp_path / "overlays/diskless"
-    write(overlay, OVERLAY)
+    write_files(overlay, OVERLAY)
     deb = tmp_path / "open-iscsi-boot_0.1.0_all.deb"
     deb.write_bytes(b"!<arch>\nfirst")
     return tree, overlay, deb
@@ -130,16 +124,16 @@ def test_irrelevant_overlay_change_keeps_the_key(setup, rel):
 def test_relevant_overlay_change_changes_the_key(setup, rel):
     before = key_of(setup)
     _tree, overlay, _deb = setup
-    write(overlay, {rel: "one\n"})
+    write_files(overlay, {rel: "one\n"})
     added = key_of(setup)
     assert added != before
-    write(overlay, {rel: "two\n"})
+    write_files(overlay, {rel: "two\n"})
     assert key_of(setup) not in (before, added)
 
 
 def test_mode_of_a_relevant_file_counts(setup):
     _tree, overlay, _deb = setup
-    write(overlay, {"etc/initramfs-tools/hooks/z": "#!/bin/sh\n"})
+    write_files(overlay, {"etc/initramfs-tools/hooks/z": "#!/bin/sh\n"})
     before = key_of(setup)
     os.chmod(overlay / "etc/initramfs-tools/hooks/z", 0o755)
     assert key_of(setup) != before
@@ -188,7 +182,7 @@ def test_installed_packages_count(setup):
 def test_overlay_order_counts(setup, tmp_path):
     _tree, overlay, _deb = setup
     other = tmp_path / "overlays/other"
-    write(other, {"etc/modprobe.d/other.conf": "options x y=1\n"})
+    write_files(other, {"etc/modprobe.d/other.conf": "options x y=1\n"})
     assert key_of(setup, overlays=[overlay, other]) != key_of(setup, overlays=[other, overlay])
 
 
@@ -201,7 +195,7 @@ def test_known_hook_mentions_keep_the_rules(setup):
 
 def test_a_hook_that_reads_etc_ssh_makes_it_count(setup):
     tree, overlay, _deb = setup
-    write(tree, {"usr/share/initramfs-tools/hooks/sshkeys":
+    write_files(tree, {"usr/share/initramfs-tools/hooks/sshkeys":
                  '#!/bin/sh\ncp /etc/ssh/ssh_host_ed25519_key.pub "${DESTDIR}/etc/"\n'})
     prefixes = [rule.prefix for rule in cache_mod.active_rules(tree)]
     assert "etc/ssh/" not in prefixes and "etc/systemd/" in prefixes
@@ -222,9 +216,9 @@ def test_a_new_mention_of_etc_systemd_in_udevs_hook_voids_the_rule(setup):
 
 def test_comments_and_destdir_writes(setup):
     tree, _overlay, _deb = setup
-    write(tree, {"etc/initramfs-tools/hooks/a": "#!/bin/sh\n# reads /etc/motd? no\n"})
+    write_files(tree, {"etc/initramfs-tools/hooks/a": "#!/bin/sh\n# reads /etc/motd? no\n"})
     assert "etc/motd" in [rule.prefix for rule in cache_mod.active_rules(tree)]
-    write(tree, {"etc/initramfs-tools/hooks/a": '#!/bin/sh\nmkdir -p "${DESTDIR}/root/.ssh"\n'})
+    write_files(tree, {"etc/initramfs-tools/hooks/a": '#!/bin/sh\nmkdir -p "${DESTDIR}/root/.ssh"\n'})
     assert "root/" not in [rule.prefix for rule in cache_mod.active_rules(tree)]
 
 
@@ -237,7 +231,7 @@ def test_a_hook_symlink_out_of_the_tree_voids_every_rule(setup):
 
 def test_hook_symlinks_are_read_inside_the_tree(setup):
     tree, _overlay, _deb = setup
-    write(tree, {"usr/lib/foo/hook": "cp /srv/x $DESTDIR\n"})
+    write_files(tree, {"usr/lib/foo/hook": "cp /srv/x $DESTDIR\n"})
     (tree / "etc/initramfs-tools/hooks").mkdir(parents=True)
     (tree / "etc/initramfs-tools/hooks/foo").symlink_to("/usr/lib/foo/hook")
     assert "srv/" not in [rule.prefix for rule in cache_mod.active_rules(tree)]
@@ -322,11 +316,11 @@ def test_keeps_the_latest_two(setup, cache):
 def test_older_update_initramfs_state_is_reproduced(setup, cache):
     """initramfs-tools before 0.148 kept `sha1sum /boot/initrd.img-<release>`."""
     tree, _overlay, _deb = setup
-    write(tree, {"usr/sbin/update-initramfs": "#!/bin/sh\nSTATEDIR=/var/lib/initramfs-tools\n"})
+    write_files(tree, {"usr/sbin/update-initramfs": "#!/bin/sh\nSTATEDIR=/var/lib/initramfs-tools\n"})
     make_initrd(tree, b"initramfs one")
     assert not cache_mod.state_matches(tree, RELEASE)       # update-initramfs would have written it
     sha1 = hashlib.sha1(b"initramfs one").hexdigest()
-    write(tree, {f"var/lib/initramfs-tools/{RELEASE}": f"{sha1}  /boot/initrd.img-{RELEASE}\n"})
+    write_files(tree, {f"var/lib/initramfs-tools/{RELEASE}": f"{sha1}  /boot/initrd.img-{RELEASE}\n"})
     assert cache_mod.state_matches(tree, RELEASE)
     k = key_of(setup)
     cache_mod.store(cache, k, tree, RELEASE)
@@ -340,7 +334,7 @@ def test_older_update_initramfs_state_is_reproduced(setup, cache):
 def test_unexpected_state_is_noticed(setup):
     tree, _overlay, _deb = setup
     make_initrd(tree, b"initramfs one")
-    write(tree, {f"var/lib/initramfs-tools/{RELEASE}": "something\n"})
+    write_files(tree, {f"var/lib/initramfs-tools/{RELEASE}": "something\n"})
     assert not cache_mod.state_matches(tree, RELEASE)
 
 
@@ -350,5 +344,5 @@ def test_not_reusable(setup):
     assert "MODULES=dep" in cache_mod.not_reusable(tree, "dep")
     (tree / "etc/initramfs/post-update.d").mkdir(parents=True)
     assert cache_mod.not_reusable(tree, "most") is None
-    write(tree, {"etc/initramfs/post-update.d/zz-flash-kernel": "#!/bin/sh\n"})
+    write_files(tree, {"etc/initramfs/post-update.d/zz-flash-kernel": "#!/bin/sh\n"})
     assert "post-update.d" in cache_mod.not_reusable(tree, "most")

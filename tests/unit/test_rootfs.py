@@ -16,6 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.naming import Layout
 from pipeline.build.recipe import load_recipe
 from pipeline.runner import CommandError
+from tiny_artifacts import write_files
 
 PROJECT = Path(__file__).resolve().parents[2]
 RELEASE = "6.12.57+deb13-amd64"
@@ -44,13 +45,9 @@ class FakeChroot:
 
 @pytest.fixture
 def tree(tmp_path) -> Path:
-    root = tmp_path / "tree"
-    for rel, text in {"var/lib/dpkg/status": "Package: base-files\n",
-                      "usr/sbin/update-initramfs": "#!/bin/sh\n",
-                      "boot/vmlinuz-" + RELEASE: "kernel"}.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    return root
+    return write_files(tmp_path / "tree", {"var/lib/dpkg/status": "Package: base-files\n",
+                                           "usr/sbin/update-initramfs": "#!/bin/sh\n",
+                                           "boot/vmlinuz-" + RELEASE: "kernel"})
 
 
 @pytest.fixture
