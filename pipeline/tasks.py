@@ -13,28 +13,29 @@ Another project can use these task creators in its own ``dodo.py``::
 
 Each task's identity is what determines its output: the recipe fields it
 uses, the digest of the step's own code, and the stamp of the step before it.
-Stamps are small JSON files beside the big trees, so doit never hashes a
-multi-GB file on a no-op run.
+The code digest is computed (:mod:`pipeline.identity`) from the step's action
+in :mod:`pipeline.build.steps` and every project module it imports,
+transitively.  Stamps are small JSON files beside the big trees, so doit
+never hashes a multi-GB file on a no-op run.
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 from contextlib import contextmanager
 import json
 import os
-import sys
 from pathlib import Path
 
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline.build import bootstrap, initramfs_cache, kernel, package, repro, rootfs, triple
+from pipeline.build import package, repro, steps
 from pipeline import runner
 from pipeline.errors import ConfigError, PipelineError, report
-from pipeline.fsutil import read_json, remove_tree, sha256_file, write_json
-from pipeline.naming import Layout, task_name
+from pipeline.fsutil import read_json, remove_tree
+from pipeline.identity import digest as code_digest, entry_of
+from pipeline.naming import task_name
 from pipeline.project import Project
 from pipeline.fleet.inventory import load_inventory
 from pipeline.fleet.publish import publish
@@ -92,18 +93,14 @@ def pipeline_umask():
         os.umask(caller_umask)
 
 
-def code_digest(*modules: str) -> str:
-    """Digest of the source of the modules that implement a step."""
-    digest = hashlib.sha256()
-    here = Path(__file__).parent
-    for name in modules:
-        (path,) = [p for p in here.rglob(f"{name}.py") if "__pycache__" not in p.parts]
-        digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
+@functools.cache
+def step_code(*implementations) -> str:
+    """Code identity of the modules or step actions that implement a step.
 
-
-def file_digest(path: Path) -> str:
-    return sha256_file(path)[:16] if path.exists() else "missing"
+    Computed from what they import (see :mod:`pipeline.identity`), once per
+    process: parsing the sources is cheap, but not free on every task.
+    """
+    return code_digest(entry_of(each) for each in implementations)
 
 
 def guarded(label: str, func, *args) -> TaskFailed | None:
@@ -124,71 +121,6 @@ def overlay_files(recipe: Recipe) -> list[str]:
             dirnames.sort()
             files.extend(os.path.join(dirpath, f) for f in sorted(filenames))
     return files
-
-
-# -- step actions (module-level so that `doit -n 2` can pickle them) --------
-
-def do_bootstrap(recipe: Recipe, layout: Layout) -> None:
-    base = layout.base_tree(recipe.image)
-    bootstrap.bootstrap(recipe, base)
-    write_json(layout.base_stamp(recipe.image), {
-        "identity": recipe.bootstrap_identity(),
-        "dpkg_status": bootstrap.dpkg_status_digest(base)})
-
-
-def do_kernel(recipe: Recipe, flavour: str, layout: Layout) -> None:
-    tree = layout.kernel_tree(recipe.image, flavour)
-    release = kernel.install_kernel(layout.base_tree(recipe.image), tree, flavour,
-                                    recipe.source_date_epoch, recipe.locked_versions)
-    write_json(layout.kernel_stamp(recipe.image, flavour), {
-        "base": file_digest(layout.base_stamp(recipe.image)), "flavour": flavour,
-        "release": release, "dpkg_status": bootstrap.dpkg_status_digest(tree)})
-
-
-def inputs_digest(identity: str, files: list[str]) -> str:
-    """Digest of a step's identity and the content of its input files.
-
-    It goes into the step's stamp, so that the next step re-runs whenever
-    this one's inputs changed, even when the tree's package set did not.
-    """
-    digest = hashlib.sha256(identity.encode())
-    for path in files:
-        digest.update(path.encode() + b"\0" + sha256_file(Path(path)).encode())
-    return digest.hexdigest()
-
-
-# The modules whose code shapes the root tree (and so the rootfs task's identity).
-ROOTFS_CODE = ("rootfs", "generic", "chroot", "initramfs_cache", "lock")
-
-
-def do_rootfs(recipe: Recipe, flavour: str, layout: Layout, debs: list[Path],
-              identity: str, files: list[str]) -> None:
-    stamp = layout.kernel_stamp(recipe.image, flavour)
-    release = read_json(stamp)["release"]
-    tree = layout.root_tree(recipe.image, flavour)
-    overlays = [SETTINGS.overlays / name for name in recipe.overlays]
-    # What the initramfs is made from that the root tree does not show: the
-    # kernel step's stamp and the code of every step up to this one.
-    cache = initramfs_cache.Cache(layout, recipe.image, flavour, {
-        "kernel": sha256_file(stamp),
-        "code": code_digest(*ROOTFS_CODE, "kernel", "bootstrap")})
-    removed = rootfs.make_root(layout.kernel_tree(recipe.image, flavour), tree, recipe,
-                               release, overlays, debs, cache)
-    write_json(layout.root_stamp(recipe.image, flavour), {
-        "kernel": file_digest(stamp), "release": release, "stripped": removed,
-        "inputs": inputs_digest(identity, [*files, *map(str, debs)]),
-        "dpkg_status": bootstrap.dpkg_status_digest(tree)})
-
-
-def do_build(recipe: Recipe, flavour: str, layout: Layout) -> None:
-    stamp = layout.root_stamp(recipe.image, flavour)
-    release = read_json(stamp)["release"]
-    made = triple.assemble(recipe, flavour, release, layout.root_tree(recipe.image, flavour),
-                           layout)
-    print(f"    triple: {made.directory}/{made.stem}.{{vmlinuz,initrd.img,root.ext4,manifest.json}}")
-    write_json(layout.triple_stamp(recipe.image, flavour), {
-        "rootfs": file_digest(stamp), "release": release,
-        "files": {p.name: p.stat().st_size for p in [*made.parts().values(), made.manifest]}})
 
 
 def triple_present(stamp: str) -> bool:
@@ -230,7 +162,7 @@ def task_package():
                "actions": [(guarded, [f"package {source.name}", package.build, source, deb])],
                "file_dep": package.source_files(source),
                "targets": [str(deb)],
-               "uptodate": [config_changed(code_digest("package"))],
+               "uptodate": [config_changed(step_code(package))],
                "clean": [(do_clean, [[deb]])]}
 
 
@@ -240,9 +172,10 @@ def task_bootstrap():
     for recipe in load():
         identity = json.dumps(recipe.bootstrap_identity(), sort_keys=True)
         yield {"name": recipe.image,
-               "actions": [(guarded, [f"bootstrap {recipe.image}", do_bootstrap, recipe, layout])],
+               "actions": [(guarded, [f"bootstrap {recipe.image}", steps.do_bootstrap, recipe,
+                                       layout])],
                "targets": [str(layout.base_stamp(recipe.image))],
-               "uptodate": [config_changed(identity + code_digest("bootstrap", "lock"))],
+               "uptodate": [config_changed(identity + step_code(steps.do_bootstrap))],
                "task_dep": ["preflight"],
                "clean": [(do_clean, [[layout.base_tree(recipe.image),
                                       layout.base_stamp(recipe.image)]])]}
@@ -255,10 +188,11 @@ def task_kernel():
         for flavour in recipe.kernel_flavours:
             name = task_name(recipe.image, flavour)
             yield {"name": name,
-                   "actions": [(guarded, [f"kernel {name}", do_kernel, recipe, flavour, layout])],
+                   "actions": [(guarded, [f"kernel {name}", steps.do_kernel, recipe, flavour,
+                                          layout])],
                    "file_dep": [str(layout.base_stamp(recipe.image))],
                    "targets": [str(layout.kernel_stamp(recipe.image, flavour))],
-                   "uptodate": [config_changed(flavour + code_digest("kernel", "lock"))],
+                   "uptodate": [config_changed(flavour + step_code(steps.do_kernel))],
                    "clean": [(do_clean, [[layout.kernel_tree(recipe.image, flavour),
                                           layout.kernel_stamp(recipe.image, flavour)]])]}
 
@@ -267,18 +201,22 @@ def task_rootfs():
     """Overlays, boot package, strip, first boot, initramfs: the root tree."""
     layout = SETTINGS.layout
     debs = [package.deb_path(layout, s) for s in package.sources(SETTINGS.root)]
+    # The initramfs is made from the trees of every step up to rootfs.
+    initramfs_code = step_code(steps.do_bootstrap, steps.do_kernel, steps.do_rootfs)
     for recipe in load():
         files = overlay_files(recipe)
+        overlays = [SETTINGS.overlays / name for name in recipe.overlays]
         identity = json.dumps({
             "overlays": recipe.overlays, "files": files, "label": recipe.root_image.label,
             "initramfs": [recipe.initramfs.compression, recipe.initramfs.modules],
             "epoch": recipe.source_date_epoch,
-            "code": code_digest(*ROOTFS_CODE)}, sort_keys=True)
+            "code": step_code(steps.do_rootfs)}, sort_keys=True)
         for flavour in recipe.kernel_flavours:
             name = task_name(recipe.image, flavour)
             yield {"name": name,
-                   "actions": [(guarded, [f"rootfs {name}", do_rootfs, recipe, flavour, layout,
-                                          debs, identity, files])],
+                   "actions": [(guarded, [f"rootfs {name}", steps.do_rootfs, recipe, flavour,
+                                          layout, debs, identity, files, overlays,
+                                          initramfs_code])],
                    "file_dep": [str(layout.kernel_stamp(recipe.image, flavour)), *files,
                                 *map(str, debs)],
                    "targets": [str(layout.root_stamp(recipe.image, flavour))],
@@ -296,15 +234,15 @@ def task_build():
             # Not recipe.digest: adding a flavour or editing the description
             # must not rebuild the images of the other flavours.
             "recipe": recipe.triple_digest,
-            "code": code_digest("triple", "ext4", "fit", "audit", "generic", "manifest",
-                                "naming")}, sort_keys=True)
+            "code": step_code(steps.do_build)}, sort_keys=True)
         names = []
         for flavour in recipe.kernel_flavours:
             name = task_name(recipe.image, flavour)
             names.append(f"build:{name}")
             stamp = layout.triple_stamp(recipe.image, flavour)
             yield {"name": name,
-                   "actions": [(guarded, [f"build {name}", do_build, recipe, flavour, layout])],
+                   "actions": [(guarded, [f"build {name}", steps.do_build, recipe, flavour,
+                                          layout])],
                    "file_dep": [str(layout.root_stamp(recipe.image, flavour))],
                    "targets": [str(stamp)],
                    "uptodate": [config_changed(identity), (triple_present, [str(stamp)])],

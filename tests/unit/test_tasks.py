@@ -15,7 +15,8 @@ import pytest
 from doit.cmd_base import ModuleTaskLoader
 from doit.doit_cmd import DoitMain
 
-from pipeline import tasks
+from pipeline import identity, tasks
+from pipeline.build import steps
 from pipeline.naming import Layout
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -187,7 +188,7 @@ def test_actions_carry_recipe_and_layout(project):
     _proj, out = project
     (func, args), = by_name("task_kernel")["trixie-cloud-amd64"]["actions"]
     label, step, recipe, flavour, layout = args
-    assert step is tasks.do_kernel
+    assert step is steps.do_kernel
     assert label == "kernel trixie-cloud-amd64"
     assert recipe.image == "trixie" and recipe.mirror == "http://mirror.example/debian"
     assert flavour == "cloud-amd64"
@@ -276,5 +277,26 @@ def test_rootfs_clean_removes_the_initramfs_cache(project):
 
 
 def test_rootfs_identity_covers_the_cache_code(project):
-    assert "initramfs_cache" in tasks.ROOTFS_CODE
-    assert "rootfs" in tasks.ROOTFS_CODE
+    rootfs_code = identity.code_files([identity.entry_of(steps.do_rootfs)])
+    assert "build/initramfs_cache.py" in rootfs_code
+    assert "build/rootfs.py" in rootfs_code
+    task = by_name("task_rootfs")["trixie-amd64"]
+    assert json.loads(task["uptodate"][0].config)["code"] == tasks.step_code(steps.do_rootfs)
+
+
+def test_step_identities_are_the_computed_code(project):
+    def config(creator, name):
+        return by_name(creator)[name]["uptodate"][0].config
+    assert config("task_bootstrap", "trixie").endswith(tasks.step_code(steps.do_bootstrap))
+    assert config("task_kernel", "trixie-amd64") == "amd64" + tasks.step_code(steps.do_kernel)
+    assert json.loads(config("task_build", "trixie-amd64"))["code"] == \
+        tasks.step_code(steps.do_build)
+    assert config("task_package", "open-iscsi-boot") == tasks.step_code(tasks.package)
+
+
+def test_initramfs_cache_key_has_the_code_of_every_step_up_to_rootfs(project):
+    (func, args), = by_name("task_rootfs")["trixie-amd64"]["actions"]
+    assert args[1] is steps.do_rootfs
+    assert args[-1] == identity.digest(identity.entry_of(f) for f in (
+        steps.do_bootstrap, steps.do_kernel, steps.do_rootfs))
+    assert args[-1] != tasks.step_code(steps.do_rootfs)
