@@ -28,7 +28,7 @@ sys.path.insert(0, str(PROJECT))
 
 from pipeline.build import chroot  # noqa: E402
 from pipeline.fsutil import copy_tree, read_json, remove_tree  # noqa: E402
-from pipeline.lab.harness import INITIATOR_IQN, PORTALS, TARGET_IQN, Lab  # noqa: E402
+from pipeline.lab.namespace import INITIATOR_IQN, PORTALS, TARGET_IQN, Lab  # noqa: E402
 from pipeline.naming import Layout, Triple  # noqa: E402
 
 

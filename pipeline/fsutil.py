@@ -10,6 +10,7 @@ in it must never be deleted recursively.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import json
 import os
 import shutil
@@ -163,3 +164,20 @@ def write_if_changed(path: Path, data: bytes, mode: int, group: int | None = Non
         os.close(fd)
     commit(tmp, path)
     return True
+
+
+# Non-Python files a package uses (scripts and units installed into images)
+# live in its ``data/`` folder; the step identities count every file there.
+DATA_DIR = "data"
+
+
+def data_file(package: str, name: str) -> Path:
+    """The file ``name`` in the data/ folder of project package ``package``.
+
+    ``data_file("pipeline.lab", "lab-agent")`` is pipeline/lab/data/lab-agent,
+    in a checkout and in an installed copy alike (pyproject.toml ships data/).
+    """
+    path = Path(str(importlib.resources.files(package) / DATA_DIR / name))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: data file missing from package {package}")
+    return path

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 from pipeline import runner
-from pipeline.fsutil import mounts_under
+from pipeline.fsutil import data_file, mounts_under
 
-POLICY_RC_D = "#!/bin/sh\n# written by the image pipeline while it works in this tree\nexit 101\n"
+# Keeps services from starting (exit 101: "action forbidden") while we work in the tree.
+POLICY_RC_D = data_file("pipeline.build", "policy-rc.d")
 
 # (file system type, mount point inside the tree, options)
 MOUNTS = (
@@ -38,7 +39,7 @@ def mounted(root: Path) -> Iterator[None]:
             runner.run(["mount", "-t", fstype, "-o", options, fstype, str(point)])
             done.append(point)
         if not had_policy:
-            policy.write_text(POLICY_RC_D)
+            policy.write_bytes(POLICY_RC_D.read_bytes())
             policy.chmod(0o755)
         yield
     finally:

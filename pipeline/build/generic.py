@@ -24,6 +24,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.fsutil import data_file
+
 MACHINE_ID_GENERIC = ""
 
 
@@ -215,23 +217,9 @@ def strip(root: Path) -> list[str]:
     return removed
 
 
-FIRSTBOOT_SSH_UNIT = """\
-# Written by the image pipeline: the generic image carries no SSH host keys;
-# each machine makes its own on its first boot, before sshd starts.
-[Unit]
-Description=Create this machine's SSH host keys
-ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
-After=local-fs.target
-Before=ssh.service sshd.service
-
-[Service]
-Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
-
-[Install]
-WantedBy=multi-user.target
-"""
-
+# The unit that makes each machine's SSH host keys on its first boot: the
+# generic image carries none (see RULES).
+FIRSTBOOT_SSH_UNIT = data_file("pipeline.build", "ssh-host-keys.service")
 FIRSTBOOT_SSH_NAME = "ssh-host-keys.service"
 
 
@@ -239,7 +227,7 @@ def install_firstboot(root: Path) -> None:
     """Install and enable what recreates per-machine state on first boot."""
     units = root / "etc/systemd/system"
     (units / "multi-user.target.wants").mkdir(parents=True, exist_ok=True)
-    (units / FIRSTBOOT_SSH_NAME).write_text(FIRSTBOOT_SSH_UNIT)
+    (units / FIRSTBOOT_SSH_NAME).write_bytes(FIRSTBOOT_SSH_UNIT.read_bytes())
     link = units / "multi-user.target.wants" / FIRSTBOOT_SSH_NAME
     if os.path.lexists(link):
         link.unlink()

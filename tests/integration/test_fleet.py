@@ -26,7 +26,8 @@ import pytest
 from pipeline.fleet import chap
 from pipeline.fleet.derive import derive
 from pipeline.fleet.inventory import load_inventory
-from pipeline.lab.harness import PORTALS, Lab, add_agent
+from pipeline.lab.agent import add_agent
+from pipeline.lab.namespace import PORTALS, Lab
 from pipeline.naming import Store, Triple
 from pipeline.fleet.publish import gc, publish
 from scratch_build import TASK, TEST_OVERLAY, current_manifest, doit, scratch_recipes

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from pipeline.lab.harness import INITIATOR_IQN, PORTALS as LAB_PORTALS, TARGET_IQN, Lab
+from pipeline.lab.namespace import INITIATOR_IQN, PORTALS as LAB_PORTALS, TARGET_IQN, Lab
 from pipeline.naming import Triple
 
 BOOT_BOUND = 300

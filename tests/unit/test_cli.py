@@ -1,4 +1,4 @@
-"""``python3 -m pipeline`` (pipeline/__main__.py), run as the user runs it."""
+"""``python3 -m pipeline`` (pipeline/cli.py), run as the user runs it."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parents[2]
 RELEASE = "6.1.0-9-amd64"
+COMMANDS = ("audit", "fit", "verify", "publish", "gc", "reprovision", "remove-backup", "lab")
 
 
 def cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -53,6 +54,45 @@ def test_unknown_command():
     assert r.returncode == 2
     assert "usage:" in r.stderr
     assert "invalid choice: 'frobnicate'" in r.stderr
+
+
+def test_unknown_command_alone_names_every_command():
+    r = cli("lab-boot")
+    assert r.returncode == 2
+    assert r.stderr.startswith("usage: python3 -m pipeline ")
+    assert "invalid choice: 'lab-boot'" in r.stderr
+    for command in COMMANDS:
+        assert f"'{command}'" in r.stderr
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help(command):
+    r = cli(command, "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"usage: python3 -m pipeline {command} ")
+
+
+def test_lab_help():
+    r = cli("lab", "--help")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("usage: python3 -m pipeline lab ")
+    for option in ("MANIFEST", "--down N", "--timeout S", "--keep DIR"):
+        assert option in r.stdout
+
+
+def test_lab_without_a_manifest_is_a_usage_error():
+    r = cli("lab", "--down", "0")
+    assert r.returncode == 2
+    assert r.stderr.startswith("usage: python3 -m pipeline lab ")
+    assert "required: MANIFEST" in r.stderr
+
+
+def test_lab_bad_triple_name_is_one_error_line(tmp_path):
+    r = cli("lab", tmp_path / "notatriple.manifest.json")
+    assert r.returncode == 2
+    assert r.stderr.startswith("error: ") and "notatriple.manifest.json" in r.stderr
+    assert len(r.stderr.splitlines()) == 1 and r.stdout == ""
 
 
 def test_help_lists_commands():
