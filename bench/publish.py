@@ -44,7 +44,7 @@ sys.path.insert(0, str(PROJECT))
 
 from pipeline import ext4, runner
 from pipeline.build import manifest  # noqa: E402
-from pipeline.fleet.disks import allocated  # noqa: E402
+from pipeline.fleet.store.file import allocated  # noqa: E402
 from pipeline.fsutil import mounts_under, remove_tree  # noqa: E402
 from pipeline.fleet.inventory import load_inventory  # noqa: E402
 from pipeline.naming import Layout, Triple  # noqa: E402

@@ -10,24 +10,25 @@ error.  Every problem is collected, and publish writes nothing while there
 is one.
 
 Reading the plan writes nothing: it reads manifests, the machines' records
-and (read-only, with debugfs) the /lib/modules folder of their disks.
+and (read-only, through the store: pipeline.fleet.store) the /lib/modules
+folder of their disks.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.fleet import debversion
-from pipeline import runner
 from pipeline.fleet.bootfiles import BootSet
 from pipeline.fleet.derive import Derived, derive
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fsutil import read_json, sha256_file
 from pipeline.fleet.inventory import Inventory, Machine
-from pipeline.naming import Store, TftpTree, Triple, content_id
+from pipeline.fleet.store import DiskStore, open_store
+from pipeline.fleet.store.file import disk_releases
+from pipeline.naming import Store, TftpTree, Triple, content_id, published_name
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,11 @@ class Built:
                        tftp.image_file(self.image, self.release, self.cid("initrd"), "initrd"),
                        self.label)
 
+    @property
+    def template_name(self) -> str:
+        """The name of its template in any store (named by the root's content)."""
+        return published_name(self.image, self.release, self.cid("root"), "root")
+
     def template(self, store: Store) -> Path:
         return store.template(self.image, self.release, self.cid("root"))
 
@@ -77,6 +83,7 @@ class Plan:
     triples_dir: Path
     machines: tuple[MachinePlan, ...]
     problems: tuple[str, ...]
+    store: DiskStore
 
     def check(self) -> None:
         if self.problems:
@@ -122,21 +129,6 @@ def _newest(candidates: list[Built]) -> Built | None:
     return next(b for b in candidates if b.release == release)
 
 
-def disk_releases(disk: Path) -> set[str]:
-    """Kernel releases whose modules are on a disk (read-only).
-
-    debugfs exits 0 even when it cannot open the file system; only its
-    messages (on stderr) tell, so they are read too.
-    """
-    text = runner.run(["debugfs", "-R", "ls -p /lib/modules", str(disk)])
-    if "Filesystem not open" in text or "while trying to open" in text:
-        reason = next((line for line in text.splitlines() if "while trying to open" in line), text)
-        raise PipelineError(reason.strip())
-    return {fields[4] for line in text.splitlines()
-            if line.startswith("/") and len(fields := line.strip().strip("/").split("/")) >= 5
-            and fields[4] not in (".", "..")}
-
-
 def read_record(path: Path) -> dict[str, Any]:
     try:
         data = read_json(path)
@@ -145,10 +137,13 @@ def read_record(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def plan(inventory: Inventory, triples_dir: Path, *, fresh: frozenset[str] = frozenset()) -> Plan:
+def plan(inventory: Inventory, triples_dir: Path, *, fresh: frozenset[str] = frozenset(),
+         store: DiskStore | None = None) -> Plan:
     """Decide what every machine boots.  ``fresh``: MACs whose disk is about
-    to be made anew (re-provisioning), so their current disk does not count."""
+    to be made anew (re-provisioning), so their current disk does not count.
+    ``store``: where the disks are (default: the site's, see open_store)."""
     site = inventory.site
+    store = store if store is not None else open_store(site)
     tftp = TftpTree(site.tftp_root)
     built, problems = read_built(triples_dir)
     where = f"{inventory.path}"
@@ -159,18 +154,18 @@ def plan(inventory: Inventory, triples_dir: Path, *, fresh: frozenset[str] = fro
         if wanted is None:
             problems.append(f"{where}: {problem}")
             continue
-        has_disk = os.path.lexists(derived.disk) and machine.mac not in fresh
+        has_disk = machine.mac not in fresh and store.has_disk(machine.mac)
         boot, boot_from, note = wanted.boot(tftp), wanted, None
         if has_disk:
-            boot, boot_from, note, problem = _match_disk(machine, derived, wanted, built, tftp)
+            boot, boot_from, note, problem = _match_disk(machine, derived, wanted, built, tftp, store)
             if problem:
                 problems.append(f"{where}: {problem}")
                 continue
         machines.append(MachinePlan(machine, derived, wanted, boot, boot_from, has_disk, note))
-    plan_ = Plan(inventory, triples_dir, tuple(machines), tuple(problems))
+    plan_ = Plan(inventory, triples_dir, tuple(machines), tuple(problems), store)
     if not problems:
         problems.extend(_unpublished_parts_problems(plan_))
-    return Plan(inventory, triples_dir, tuple(machines), tuple(problems))
+    return Plan(inventory, triples_dir, tuple(machines), tuple(problems), store)
 
 
 def _wanted(machine: Machine, built: list[Built], triples_dir: Path) -> tuple[Built | None, str]:
@@ -187,13 +182,14 @@ def _wanted(machine: Machine, built: list[Built], triples_dir: Path) -> tuple[Bu
 
 
 def _match_disk(machine: Machine, derived: Derived, wanted: Built, built: list[Built],
-                tftp: TftpTree) -> tuple[BootSet, Built | None, str | None, str | None]:
+                tftp: TftpTree, store: DiskStore) -> tuple[BootSet, Built | None, str | None, str | None]:
     """What a machine with a disk boots: (boot, its triple, note, problem)."""
+    disk = store.disk_ref(machine.mac)
     try:
-        on_disk = disk_releases(derived.disk)
+        on_disk = store.disk_releases(machine.mac)
     except PipelineError as exc:
         return wanted.boot(tftp), wanted, None, (
-            f"{machine.key}: cannot read /lib/modules on the machine's disk {derived.disk}: "
+            f"{machine.key}: cannot read /lib/modules on the machine's disk {disk}: "
             f"{exc.message.splitlines()[-1].strip(' |')}")
     if wanted.release in on_disk:
         return wanted.boot(tftp), wanted, None, None
@@ -201,7 +197,7 @@ def _match_disk(machine: Machine, derived: Derived, wanted: Built, built: list[B
     if machine.release:
         return wanted.boot(tftp), wanted, None, (
             f"{machine.key}.kernel: pinned to {machine.release}, but the machine's disk "
-            f"{derived.disk} has no modules for it (it has: {have}); install that kernel inside "
+            f"{disk} has no modules for it (it has: {have}); install that kernel inside "
             "the machine, pin one it has, or re-provision the machine")
     record = read_record(derived.record)
     disk_image = str(record.get("cloned", {}).get("image", machine.image))
@@ -210,7 +206,7 @@ def _match_disk(machine: Machine, derived: Derived, wanted: Built, built: list[B
     boot = fallback.boot(tftp) if fallback else _still_published(record, on_disk, tftp)
     if boot is None:
         return wanted.boot(tftp), wanted, None, (
-            f"{machine.key}: the machine's disk {derived.disk} has modules for {have} only, and "
+            f"{machine.key}: the machine's disk {disk} has modules for {have} only, and "
             f"no triple of image {disk_image} with one of those releases is built or still "
             f"published; {wanted.release} would not find its modules.  Re-provision the machine, "
             "or build a triple for a release its disk has")
@@ -236,8 +232,7 @@ def _still_published(record: dict[str, Any], on_disk: set[str], tftp: TftpTree) 
 def _unpublished_parts_problems(plan_: Plan) -> list[str]:
     """Check the triple files that are about to be copied against their
     manifests, before anything is written."""
-    site = plan_.inventory.site
-    tftp, store = TftpTree(site.tftp_root), Store(site.store)
+    tftp = TftpTree(plan_.inventory.site.tftp_root)
     to_check: dict[Path, str] = {}
     for m in plan_.machines:
         if m.boot_from is not None:
@@ -245,7 +240,7 @@ def _unpublished_parts_problems(plan_: Plan) -> list[str]:
             for part, rel in (("kernel", m.boot.kernel), ("initrd", m.boot.initrd)):
                 if not tftp.path(rel).is_file():
                     to_check[m.boot_from.triple.path(part)] = digests[part]
-        if not m.wanted.template(store).is_file():
+        if not plan_.store.has_template(m.wanted.template_name):
             to_check[m.wanted.triple.root] = dict(m.wanted.sha256)["root"]
     problems = []
     for path, digest in sorted(to_check.items()):

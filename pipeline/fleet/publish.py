@@ -8,8 +8,9 @@ that never lets a boot script name something that is not there yet:
 2. boot files ``images/<image>_<release>_<cid>.vmlinuz|.initrd.img``, named by
    content, so a new build never replaces a file a running machine booted from;
 3. templates (read-only copies of the triples' root images) and, for each
-   machine without one, its disk: a reflinked or sparse clone with its own
-   UUID.  An existing disk is never written, moved or replaced here;
+   machine without one, its disk: a clone with its own UUID, in the site's
+   store (pipeline.fleet.store: files, or RBD images).  An existing disk is
+   never written, moved or replaced here;
 4. records (what each disk was cloned from, what the machine boots), the tgt
    configuration (mode 0600) and, if asked, ``tgt-admin --update ALL``;
 5. per machine: CHAP initrd (mode 0640, group site.tftp_group), iPXE script,
@@ -37,17 +38,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
-from pipeline.fleet import bootfiles, chap, disks
-from pipeline import ext4, runner
+from pipeline.fleet import bootfiles, chap
+from pipeline import runner
 from pipeline.fleet.derive import derive
 from pipeline.errors import ConfigError, PipelineError
 from pipeline.fsutil import copy_file, write_if_changed
 from pipeline.fleet.inventory import Inventory
+from pipeline.fleet.store import DiskStore, Ref, open_store
 from pipeline.naming import PARTIAL, Store, TftpTree, parse_published
 from pipeline.fleet.plan import Plan, plan, read_record
 
 Log = Callable[[str], None]
-TOOLS = ["cp", "tune2fs", "dumpe2fs", "debugfs"]
 
 
 def exclusive(func):
@@ -69,11 +70,12 @@ def exclusive(func):
 class Report:
     """What a publish, gc or re-provision did."""
 
-    written: list[Path] = field(default_factory=list)
-    unchanged: list[Path] = field(default_factory=list)
-    disks_created: list[Path] = field(default_factory=list)
-    disks_kept: list[Path] = field(default_factory=list)
-    removed: list[Path] = field(default_factory=list)
+    # Paths of files; disks and templates as their store names them (a Ref).
+    written: list[Ref] = field(default_factory=list)
+    unchanged: list[Ref] = field(default_factory=list)
+    disks_created: list[Ref] = field(default_factory=list)
+    disks_kept: list[Ref] = field(default_factory=list)
+    removed: list[Ref] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -91,12 +93,22 @@ class Report:
         return "\n".join(lines)
 
 
+def _store(inventory: Inventory, store: DiskStore | None, *, apply_tgt: bool = False) -> DiskStore:
+    """The inventory's store, its tools there and the store reachable."""
+    store = store if store is not None else open_store(inventory.site)
+    runner.require_tools(store.tools() + (["tgt-admin"] if apply_tgt else []))
+    store.check()
+    return store
+
+
 @exclusive
 def publish(inventory: Inventory, triples_dir: Path, *, apply_tgt: bool = False,
-            tgt_control_port: int | None = None, log: Log = print) -> Report:
-    """Check, then publish every machine of the inventory (see module doc)."""
-    runner.require_tools(TOOLS + (["tgt-admin"] if apply_tgt else []))
-    the_plan = plan(inventory, triples_dir)
+            tgt_control_port: int | None = None, log: Log = print,
+            store: DiskStore | None = None) -> Report:
+    """Check, then publish every machine of the inventory (see module doc).
+    ``store``: where disks go (default: the site's, see open_store)."""
+    store = _store(inventory, store, apply_tgt=apply_tgt)
+    the_plan = plan(inventory, triples_dir, store=store)
     the_plan.check()
     report = _apply(the_plan, apply_tgt=apply_tgt, tgt_control_port=tgt_control_port, log=log)
     log(report.summary())
@@ -105,7 +117,7 @@ def publish(inventory: Inventory, triples_dir: Path, *, apply_tgt: bool = False,
 
 def _apply(the_plan: Plan, *, apply_tgt: bool, tgt_control_port: int | None, log: Log) -> Report:
     inventory, site = the_plan.inventory, the_plan.inventory.site
-    tftp, store = TftpTree(site.tftp_root), Store(site.store)
+    tftp, store, disk_store = TftpTree(site.tftp_root), Store(site.store), the_plan.store
     report = Report(notes=the_plan.notes)
     for note in report.notes:
         log(f"note: {note}")
@@ -115,8 +127,8 @@ def _apply(the_plan: Plan, *, apply_tgt: bool, tgt_control_port: int | None, log
     (report.unchanged if site.secrets.read_bytes() == secrets_before else report.written).append(site.secrets)
     for folder in (TftpTree.IMAGES, TftpTree.MACHINES, TftpTree.PXELINUX):
         _mkdir(tftp.path(folder), 0o755)
-    _mkdir(store.templates, 0o755)
-    for folder in (store.disks, store.records, store.tgt_conf.parent):
+    disk_store.prepare()
+    for folder in (store.records, store.tgt_conf.parent):
         _mkdir(folder, 0o700)
 
     for relative, source in sorted(the_plan.sources().items()):
@@ -127,16 +139,16 @@ def _apply(the_plan: Plan, *, apply_tgt: bool, tgt_control_port: int | None, log
             copy_file(source, target)
             report.written.append(target)
 
-    _disks(the_plan, store, report, log)
+    _disks(the_plan, report, log)
 
     for m in the_plan.machines:
         # A kept disk keeps the record of where it came from.
-        record = read_record(m.derived.record) if m.has_disk else {"cloned": _cloned(m, store)}
+        record = read_record(m.derived.record) if m.has_disk else {"cloned": _cloned(m)}
         record.update(mac=m.derived.mac, name=m.machine.name, boot=asdict(m.boot))
         _write(report, m.derived.record, json.dumps(record, indent=2, sort_keys=True) + "\n", 0o644)
 
     entries = [(m.machine, m.derived, passwords[m.derived.mac]) for m in the_plan.machines]
-    _write(report, store.tgt_conf, bootfiles.tgt_config(inventory.path, entries), 0o600)
+    _write(report, store.tgt_conf, _tgt_config(inventory.path, entries, disk_store), 0o600)
     if apply_tgt:
         apply_tgt_config(store.tgt_conf, tgt_control_port, passwords.values(), log)
 
@@ -152,35 +164,51 @@ def _apply(the_plan: Plan, *, apply_tgt: bool, tgt_control_port: int | None, log
     return report
 
 
-def _disks(the_plan: Plan, store: Store, report: Report, log: Log) -> None:
+def _disks(the_plan: Plan, report: Report, log: Log) -> None:
     """Templates for what machines ask for; a clone for each machine without a disk."""
+    store = the_plan.store
     for built in sorted({m.wanted for m in the_plan.machines}, key=lambda b: b.triple.stem):
-        template = built.template(store)
-        if template.is_file():
-            report.unchanged.append(template)
+        name = built.template_name
+        if store.has_template(name):
+            report.unchanged.append(store.template_ref(name))
         else:
-            log(f"template {template.name}: copying {built.triple.root}")
-            disks.make_template(built.triple.root, template)
-            report.written.append(template)
+            log(f"template {name}: copying {built.triple.root}")
+            report.written.append(store.put_template(name, built.triple.root))
     new = [m for m in the_plan.machines if not m.has_disk]
-    features: dict[Path, str] = {}
     start = time.monotonic()
     for number, m in enumerate(new, 1):
-        template = m.wanted.template(store)
-        if template not in features:
-            features[template] = ext4.superblock(template).get("Filesystem features", "")
-        disks.clone(template, m.derived.disk, m.derived.fs_uuid, features[template])
-        report.disks_created.append(m.derived.disk)
+        disk = store.clone(m.wanted.template_name, m.machine.mac, m.derived.fs_uuid)
+        report.disks_created.append(disk)
         if number == len(new) or number % 10 == 0 or number == 1:
-            log(f"cloned {number}/{len(new)} disks ({m.machine.name}: {m.derived.disk.name}), "
+            log(f"cloned {number}/{len(new)} disks ({m.machine.name}: {Path(str(disk)).name}), "
                 f"{time.monotonic() - start:.1f}s")
-    report.disks_kept.extend(m.derived.disk for m in the_plan.machines if m.has_disk)
+    report.disks_kept.extend(store.disk_ref(m.machine.mac) for m in the_plan.machines if m.has_disk)
 
 
-def _cloned(m, store: Store) -> dict[str, str]:
+def _cloned(m) -> dict[str, str]:
     return {"image": m.wanted.image, "release": m.wanted.release, "flavour": m.wanted.flavour,
-            "template": m.wanted.template(store).name, "root_sha256": dict(m.wanted.sha256)["root"],
+            "template": m.wanted.template_name, "root_sha256": dict(m.wanted.sha256)["root"],
             "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def _tgt_config(inventory_path: Path, entries: list, store: DiskStore) -> str:
+    """bootfiles.tgt_config, with each target's disk named as the store wants.
+
+    bootfiles writes ``backing-store <derived.disk>`` (a file); a store whose
+    disks are not files (rbd) needs other lines there.  Until tgt_config
+    takes those lines itself, they replace its line here, exactly once per target.
+    """
+    text = bootfiles.tgt_config(inventory_path, entries)
+    for _machine, derived, _password in entries:
+        lines = store.tgt_backing(derived.mac)
+        default = f"    backing-store {derived.disk}\n"
+        if lines == [f"backing-store {derived.disk}"]:
+            continue
+        if text.count(default) != 1:
+            raise PipelineError(f"{inventory_path}: cannot name the disk of {derived.mac} in the "
+                                "tgt configuration (its backing-store line is not there once)")
+        text = text.replace(default, "".join(f"    {line}\n" for line in lines))
+    return text
 
 
 def _write(report: Report, path: Path, data: str | bytes, mode: int, group: int | None = None) -> None:
@@ -239,39 +267,47 @@ _MACHINE_FILE = re.compile(r"(?:01-)?[0-9a-f]{2}(?:-[0-9a-f]{2}){5}(?:\.ipxe|\.a
 
 
 @exclusive
-def gc(inventory: Inventory, triples_dir: Path, *, log: Log = print) -> Report:
+def gc(inventory: Inventory, triples_dir: Path, *, log: Log = print,
+       store: DiskStore | None = None) -> Report:
     """Remove the boot files, per-machine files and templates that no machine
     of the inventory uses, and leftovers of interrupted runs.  Never touches
     disks, their backups, records or secrets: a disk that belongs to no
-    machine is only reported."""
-    the_plan = plan(inventory, triples_dir)
+    machine is only reported (and so is an unused template that disks
+    still depend on, in a store where clones share their template's blocks)."""
+    store = _store(inventory, store)
+    the_plan = plan(inventory, triples_dir, store=store)
     the_plan.check()
-    site = inventory.site
-    tftp, store = TftpTree(site.tftp_root), Store(site.store)
+    tftp = TftpTree(inventory.site.tftp_root)
     report = Report()
     keep = {tftp.path(TftpTree.BOOT_SCRIPT)}
     for m in the_plan.machines:
         d = m.derived
         keep |= {tftp.path(p) for p in (m.boot.kernel, m.boot.initrd, d.boot_script,
                                          d.auth_initrd, d.pxelinux_config)}
-        keep.add(m.wanted.template(store))
     candidates = [(tftp.path(TftpTree.IMAGES), _is_published),
                   (tftp.path(TftpTree.MACHINES), _MACHINE_FILE.fullmatch),
-                  (tftp.path(TftpTree.PXELINUX), _MACHINE_FILE.fullmatch),
-                  (store.templates, _is_published)]
+                  (tftp.path(TftpTree.PXELINUX), _MACHINE_FILE.fullmatch)]
     for folder, ours in candidates:
         for path in sorted(folder.glob("*")) if folder.is_dir() else []:
             name = path.name[:-len(PARTIAL)] if path.name.endswith(PARTIAL) else path.name
             if path not in keep and ours(name) and (path.is_file() or path.is_symlink()):
                 path.unlink()
                 report.removed.append(path)
-    for path in sorted(store.disks.glob("*" + PARTIAL)) if store.disks.is_dir() else []:
-        path.unlink()
-        report.removed.append(path)
-    in_use = {m.derived.disk for m in the_plan.machines}
-    for path in sorted(store.disks.glob("*.ext4")) if store.disks.is_dir() else []:
-        if path not in in_use:
-            report.notes.append(f"disk {path} belongs to no machine of the inventory; kept "
+    used_templates = {m.wanted.template_name for m in the_plan.machines}
+    for name in store.template_names():
+        base = name[:-len(PARTIAL)] if name.endswith(PARTIAL) else name
+        if name in used_templates or not _is_published(base):
+            continue
+        reason = store.template_kept_because(name)
+        if reason:
+            report.notes.append(reason)
+        else:
+            report.removed.append(store.remove_template(name))
+    report.removed.extend(store.remove_leftovers())
+    in_use = {store.disk_ref(m.machine.mac) for m in the_plan.machines}
+    for disk in store.disks():
+        if disk not in in_use:
+            report.notes.append(f"disk {disk} belongs to no machine of the inventory; kept "
                                 "(remove it yourself when it is no longer needed)")
     log(report.summary())
     return report
@@ -287,7 +323,8 @@ def _is_published(name: str) -> bool:
 
 @exclusive
 def reprovision(inventory: Inventory, name: str, triples_dir: Path, *, apply_tgt: bool = False,
-                tgt_control_port: int | None = None, log: Log = print) -> Report:
+                tgt_control_port: int | None = None, log: Log = print,
+                store: DiskStore | None = None) -> Report:
     """Give machine ``name`` a fresh disk from its current template.
 
     The old disk is kept as ``<disk>.backup-<UTC time>`` until
@@ -299,12 +336,12 @@ def reprovision(inventory: Inventory, name: str, triples_dir: Path, *, apply_tgt
         machine = inventory.machine(name)
     except KeyError:
         raise ConfigError([f"{inventory.path}: machines: no machine named {name!r}"]) from None
-    runner.require_tools(TOOLS + (["tgt-admin"] if apply_tgt else []))
-    the_plan = plan(inventory, triples_dir, fresh=frozenset({machine.mac}))
+    store = _store(inventory, store, apply_tgt=apply_tgt)
+    the_plan = plan(inventory, triples_dir, fresh=frozenset({machine.mac}), store=store)
     the_plan.check()
     derived = derive(inventory.site, machine)
     backup = None
-    if os.path.lexists(derived.disk):
+    if store.has_disk(machine.mac):
         if apply_tgt:
             secrets = chap.load(inventory.site.secrets).values()
             _tgt_admin(["--delete", derived.target], tgt_control_port, secrets)
@@ -313,8 +350,7 @@ def reprovision(inventory: Inventory, name: str, triples_dir: Path, *, apply_tgt
                 raise PipelineError(f"{name} is still logged in to {derived.target}; nothing was "
                                     "changed", hint=f"power {name} off first")
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        backup = Store(inventory.site.store).disk_backup(machine.mac, stamp)
-        disks.link_new(derived.disk, backup)
+        backup = store.keep_backup(machine.mac, stamp)
         log(f"{name}: old disk moved to {backup}")
     report = _apply(the_plan, apply_tgt=apply_tgt, tgt_control_port=tgt_control_port, log=log)
     if backup is not None:
@@ -325,16 +361,18 @@ def reprovision(inventory: Inventory, name: str, triples_dir: Path, *, apply_tgt
 
 
 @exclusive
-def remove_backup(inventory: Inventory, name: str, *, log: Log = print) -> list[Path]:
+def remove_backup(inventory: Inventory, name: str, *, log: Log = print,
+                  store: DiskStore | None = None) -> list[Ref]:
     """Delete the disk backups that re-provisioning machine ``name`` kept."""
     try:
         machine = inventory.machine(name)
     except KeyError:
         raise ConfigError([f"{inventory.path}: machines: no machine named {name!r}"]) from None
-    removed = Store(inventory.site.store).disk_backups(machine.mac)
-    for path in removed:
-        path.unlink()
-        log(f"removed {path}")
+    store = _store(inventory, store)
+    removed = store.backups(machine.mac)
+    for backup in removed:
+        store.remove_backup(backup)
+        log(f"removed {backup}")
     if not removed:
         log(f"{name}: no disk backup to remove")
     return removed

@@ -1,4 +1,4 @@
-"""pipeline/publish.py (and plan.py, disks.py, chap.py) on tiny real triples.
+"""pipeline/publish.py (and plan.py, store/file.py, chap.py) on tiny real triples.
 
 Each triple's root is a real ext4 made by mkfs.ext4 -d from a tree with
 /lib/modules/<release>/ and etc/fstab; kernel and initramfs are stand-in
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from pipeline.fleet import chap, publish as pub
+from pipeline.fleet.store import file as file_store
 from pipeline.build import manifest
 from pipeline.fleet.derive import derive
 from pipeline.errors import ConfigError, PipelineError
@@ -295,7 +296,7 @@ def test_disk_is_never_overwritten(fleet):
     fleet.publish()
     assert sha256(d1.disk) == changed
     with pytest.raises(PipelineError, match="never overwritten"):
-        pub.disks.clone(next(fleet.store.templates.iterdir()), d1.disk, d1.fs_uuid, "")
+        file_store.clone(next(fleet.store.templates.iterdir()), d1.disk, d1.fs_uuid, "")
     assert sha256(d1.disk) == changed
 
 
@@ -479,7 +480,7 @@ def tgtd(tmp_path):
     a control port of its own; tgt-admin reaches it through the socket."""
     if not all(shutil.which(tool) for tool in ("tgtd", "tgtadm", "tgt-admin", "ip")):
         pytest.skip("needs tgt and iproute2")
-    from pipeline.lab import harness as lab
+    from pipeline.lab import namespace as lab
     from pipeline import runner
     namespace = f"publish-test-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", namespace], check=True)
