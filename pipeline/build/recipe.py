@@ -17,13 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from pipeline.config import (TOP, Checker, Unreadable, escape, got, join, key_path, load,
+                             problem_line)
 from pipeline.errors import ConfigError
 from pipeline.build.mirror import host_mirror
 
 KNOWN_FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
-BOOTSTRAPPERS = ("mmdebstrap", "debootstrap")
+BOOTSTRAPPERS = ("mmdebstrap", "debootstrap", "mkosi")
 # initramfs-tools COMPRESS values.  "none" is left out on purpose: older
 # initramfs-tools releases do not accept it.
 COMPRESSIONS = ("zstd", "gzip", "xz", "lz4", "lzma", "lzop")
@@ -45,8 +45,6 @@ _PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _KERNEL_RE = re.compile(r"linux-(image|headers)-.*")
 _LABEL_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
 _MIRROR_RE = re.compile(r"(https?|file|copy)://\S+")
-
-TOP = "(top level)"
 
 _TOP_KEYS = (
     "image", "suite", "mirror", "mirror_check_valid_until", "bootstrapper", "packages",
@@ -172,10 +170,10 @@ def load_recipe(
     path: Path, overlays_dir: Path, apt_dir: Path = Path("/etc/apt")
 ) -> Recipe:
     """Read and validate one recipe; ConfigError lists all its problems."""
-    check = _Checker(path)
-    data = _read_yaml(path, check)
+    check = Checker(path)
+    data = check.read()
     recipe = None if check.problems else _build(path, data, overlays_dir, apt_dir, check)
-    if check.problems or recipe is None:
+    if recipe is None:  # _build returns None only with problems
         raise ConfigError(check.problems)
     return recipe
 
@@ -189,13 +187,13 @@ def load_recipes(
     """
     problems: list[str] = []
     if not recipes_dir.is_dir():
-        raise ConfigError([f"{recipes_dir}: recipe directory does not exist"])
+        raise ConfigError([escape(f"{recipes_dir}: recipe directory does not exist")])
     files = sorted(recipes_dir.glob("*.yaml"), key=lambda p: p.name)
     # A ".yml" recipe would otherwise be silently skipped.
     for stray in sorted(recipes_dir.glob("*.yml"), key=lambda p: p.name):
-        problems.append(f"{stray}: {TOP}: recipe files must be named *.yaml; rename it")
+        problems.append(problem_line(stray, TOP, "recipe files must be named *.yaml; rename it"))
     if not files:
-        problems.append(f"{recipes_dir}: no recipe files (*.yaml) found; add at least one")
+        problems.append(escape(f"{recipes_dir}: no recipe files (*.yaml) found; add at least one"))
 
     by_image: dict[str, Recipe] = {}
     for path in files:
@@ -206,171 +204,24 @@ def load_recipes(
             continue
         first = by_image.setdefault(recipe.image, recipe)
         if first is not recipe:
-            problems.append(
-                f"{path}: image: {recipe.image!r} is already the image of "
-                f"{first.path}; image names must be unique"
-            )
+            problems.append(problem_line(
+                path, "image", f"{recipe.image!r} is already the image of {first.path}; "
+                               "image names must be unique"))
     if problems:
         raise ConfigError(problems)
     return sorted(by_image.values(), key=lambda r: r.image)
 
 
-class _Checker:
-    """Collects problems of one file and checks single values.
-
-    The check methods return a placeholder of the right type when the value is
-    bad; the caller raises before any placeholder can escape.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.file = str(path)
-        self.problems: list[str] = []
-
-    def add(self, key: str, what: str) -> None:
-        self.problems.append(f"{self.file}: {key}: {what}")
-
-    def string(self, key: str, value: Any, expect: str) -> str | None:
-        if isinstance(value, str):
-            return value
-        self.add(key, f"expected {expect}, {_got(value)}")
-        return None
-
-    def integer(self, key: str, value: Any, expect: str, lo: int, hi: int | None = None) -> int:
-        # bool is a subclass of int; "true" is not a number here.
-        if isinstance(value, bool) or not isinstance(value, int):
-            self.add(key, f"expected {expect}, {_got(value)}")
-        elif value < lo or (hi is not None and value > hi):
-            self.add(key, f"expected {expect}, got {value}")
-        else:
-            return value
-        return 0
-
-    def valid(self, key: str, value: str, ok: bool, expect: str) -> bool:
-        """Report value as invalid unless ok; return ok (for filtering)."""
-        if not ok:
-            self.add(key, f"{value!r} is not valid; expected {expect}")
-        return ok
-
-    def choice(self, key: str, value: Any, choices: tuple[str, ...]) -> str:
-        expect = "one of " + ", ".join(choices)
-        s = self.string(key, value, expect)
-        if s is not None and s not in choices:
-            self.add(key, f"unknown value {s!r}; expected {expect}")
-        return s or ""
-
-    def mapping(self, key: str, value: Any, allowed: tuple[str, ...], expect: str) -> dict[Any, Any]:
-        if not isinstance(value, dict):
-            self.add(key, f"expected {expect}, {_got(value)}")
-            return {}
-        self.unknown_keys(key, value, allowed)
-        return value
-
-    def unknown_keys(self, key: str, data: dict[Any, Any], allowed: tuple[str, ...]) -> None:
-        for name in data:
-            if name not in allowed:
-                self.add(_join(key, str(name)), "unknown key; expected one of " + ", ".join(allowed))
-
-    def name_list(self, key: str, value: Any, expect: str, required: bool) -> list[tuple[str, str]]:
-        """Check a list of unique strings; return (key path, item) of the good ones."""
-        if not isinstance(value, list):
-            self.add(key, f"expected {expect}, {_got(value)}")
-            return []
-        if required and not value:
-            self.add(key, f"expected {expect}, got an empty list")
-        good: list[tuple[str, str]] = []
-        seen: dict[str, str] = {}
-        for i, item in enumerate(value):
-            item_key = f"{key}[{i}]"
-            if not isinstance(item, str):
-                self.add(item_key, f"expected a string, {_got(item)}")
-            elif item in seen:
-                self.add(item_key, f"{item!r} is listed twice (first at {seen[item]})")
-            else:
-                seen[item] = item_key
-                good.append((item_key, item))
-        return good
-
-
-def _join(parent: str, key: str) -> str:
-    return f"{parent}.{key}" if parent else key
-
-
-def _got(value: Any) -> str:
-    """Describe a wrong value for "expected X, got Y" messages."""
-    if value is None:
-        return "got an empty value"
-    if isinstance(value, bool):
-        return f"got boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f"got string {value!r}"
-    if isinstance(value, list):
-        return "got a list"
-    if isinstance(value, dict):
-        return "got a mapping"
-    return f"got {type(value).__name__} {value!r}"
-
-
-def _read_yaml(path: Path, check: _Checker) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        check.add(TOP, f"cannot read file: not UTF-8 text ({exc.reason} at byte {exc.start})")
-        return None
-    except OSError as exc:
-        check.add(TOP, f"cannot read file: {exc.strerror or exc}")
-        return None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        what = exc.problem or str(exc)
-        if exc.context and exc.context_mark:
-            what += (f" ({exc.context} started at line {exc.context_mark.line + 1},"
-                     f" column {exc.context_mark.column + 1})")
-        if mark is None:
-            check.add(TOP, f"YAML syntax error: {what}")
-        else:
-            check.problems.append(
-                f"{check.file}:{mark.line + 1}:{mark.column + 1}: YAML syntax error: {what}")
-        return None
-    except yaml.YAMLError as exc:  # e.g. ReaderError: unprintable characters
-        check.add(TOP, f"YAML syntax error: {exc}")
-        return None
-    # safe_load silently keeps the last of two equal keys; say so instead.
-    _duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader), "", check, set())
-    return data
-
-
-def _duplicate_keys(node: yaml.Node | None, path: str, check: _Checker, seen_nodes: set[int]) -> None:
-    # Only mappings matter for the recipe schema; seen_nodes guards alias cycles.
-    if not isinstance(node, yaml.MappingNode) or id(node) in seen_nodes:
-        return
-    seen_nodes.add(id(node))
-    lines: dict[str, int] = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            continue
-        key, line = key_node.value, key_node.start_mark.line + 1
-        if key in lines:
-            check.add(_join(path, key),
-                      f"duplicate key (lines {lines[key]} and {line}); keep only one")
-        else:
-            lines[key] = line
-        _duplicate_keys(value_node, _join(path, key), check, seen_nodes)
-
-
 def _build(
-    path: Path, data: Any, overlays_dir: Path, apt_dir: Path, check: _Checker
+    path: Path, data: Any, overlays_dir: Path, apt_dir: Path, check: Checker
 ) -> Recipe | None:
     if not isinstance(data, dict):
         expect = f"expected a mapping with at least the keys {', '.join(_REQUIRED)}"
         check.add(TOP, f"the file is empty; {expect}" if data is None
-                  else f"{expect}, {_got(data)}")
+                  else f"{expect}, {got(data)}")
         return None
     check.unknown_keys("", data, _TOP_KEYS)
-    for key in _REQUIRED:
-        if key not in data:
-            check.add(key, f"missing required key; expected {_EXPECT[key]}")
+    check.required("", data, _REQUIRED, _EXPECT)
 
     # Missing required keys were reported above; their fields stay placeholders.
     image = _image(check, data["image"]) if "image" in data else ""
@@ -389,11 +240,8 @@ def _build(
                               _EXPECT["source_date_epoch"], 0)
     description = check.string(
         "description", data.get("description", ""), _EXPECT["description"]) or ""
-    valid_until = data.get("mirror_check_valid_until", True)
-    if not isinstance(valid_until, bool):
-        check.add("mirror_check_valid_until",
-                  f"expected {_EXPECT['mirror_check_valid_until']}, {_got(valid_until)}")
-        valid_until = True
+    valid_until = check.boolean("mirror_check_valid_until", data.get("mirror_check_valid_until", True),
+                                _EXPECT["mirror_check_valid_until"], True)
     lock_files, lock = _lock(check, data.get("lock"), path.parent, bootstrapper)
 
     if check.problems:
@@ -407,7 +255,7 @@ def _build(
     )
 
 
-def _suite(check: _Checker, value: Any) -> str:
+def _suite(check: Checker, value: Any) -> str:
     suite = check.string("suite", value, _EXPECT["suite"])
     if suite is None:
         return ""
@@ -415,7 +263,7 @@ def _suite(check: _Checker, value: Any) -> str:
     return suite
 
 
-def _packages(check: _Checker, value: Any) -> list[str]:
+def _packages(check: Checker, value: Any) -> list[str]:
     return [
         name for key, name in check.name_list("packages", value, _EXPECT["packages"], True)
         if check.valid(key, name, _PACKAGE_RE.fullmatch(name) is not None, _EXPECT["package"])
@@ -426,7 +274,7 @@ def _packages(check: _Checker, value: Any) -> list[str]:
     ]
 
 
-def _flavours(check: _Checker, value: Any) -> list[str]:
+def _flavours(check: Checker, value: Any) -> list[str]:
     return [
         name for key, name in check.name_list(
             "kernel_flavours", value, _EXPECT["kernel_flavours"], True)
@@ -434,7 +282,7 @@ def _flavours(check: _Checker, value: Any) -> list[str]:
     ]
 
 
-def _root_image(check: _Checker, value: Any) -> RootImage:
+def _root_image(check: Checker, value: Any) -> RootImage:
     section = check.mapping("root_image", value, _ROOT_IMAGE_KEYS, _EXPECT["root_image"])
     label = check.string("root_image.label", section.get("label", DEFAULT_LABEL),
                          _EXPECT["label"])
@@ -453,7 +301,7 @@ def _root_image(check: _Checker, value: Any) -> RootImage:
     )
 
 
-def _initramfs(check: _Checker, value: Any) -> Initramfs:
+def _initramfs(check: Checker, value: Any) -> Initramfs:
     section = check.mapping("initramfs", value, _INITRAMFS_KEYS, _EXPECT["initramfs"])
     return Initramfs(
         compression=check.choice(
@@ -464,7 +312,7 @@ def _initramfs(check: _Checker, value: Any) -> Initramfs:
     )
 
 
-def _image(check: _Checker, value: Any) -> str:
+def _image(check: Checker, value: Any) -> str:
     name = check.string("image", value, _EXPECT["image"])
     if name is None:
         return ""
@@ -479,7 +327,7 @@ def _image(check: _Checker, value: Any) -> str:
     return name
 
 
-def _mirror(check: _Checker, data: dict[Any, Any], apt_dir: Path, bootstrapper: str) -> str:
+def _mirror(check: Checker, data: dict[Any, Any], apt_dir: Path, bootstrapper: str) -> str:
     if "mirror" in data:
         given = check.string("mirror", data["mirror"], _EXPECT["mirror"])
         if given is None:
@@ -502,7 +350,7 @@ def _mirror(check: _Checker, data: dict[Any, Any], apt_dir: Path, bootstrapper: 
     return mirror
 
 
-def _overlays(check: _Checker, value: Any, overlays_dir: Path) -> list[str]:
+def _overlays(check: Checker, value: Any, overlays_dir: Path) -> list[str]:
     names: list[str] = []
     for key, name in check.name_list("overlays", value, _EXPECT["overlays"], required=False):
         if not name or "/" in name or "\\" in name or ".." in name or name == ".":
@@ -515,7 +363,7 @@ def _overlays(check: _Checker, value: Any, overlays_dir: Path) -> list[str]:
     return names
 
 
-def _lock(check: _Checker, value: Any, recipe_dir: Path,
+def _lock(check: Checker, value: Any, recipe_dir: Path,
           bootstrapper: str) -> tuple[tuple[str, ...], tuple[tuple[str, str], ...]]:
     """The lock's files and the (package, version) pairs they hold.
 
@@ -525,8 +373,8 @@ def _lock(check: _Checker, value: Any, recipe_dir: Path,
     """
     if value is None:
         return (), ()
-    if bootstrapper != "mmdebstrap":
-        check.add("lock", f"needs bootstrapper mmdebstrap (debootstrap cannot hold "
+    if bootstrapper not in ("mmdebstrap", "mkosi"):
+        check.add("lock", f"needs bootstrapper mmdebstrap or mkosi (debootstrap cannot hold "
                           f"package versions), not {bootstrapper}")
         return (), ()
     if isinstance(value, str):
@@ -549,30 +397,33 @@ def _lock(check: _Checker, value: Any, recipe_dir: Path,
             tuple(sorted((package, version) for package, (version, _f) in merged.items())))
 
 
-def _lock_packages(check: _Checker, key: str, path: Path) -> dict[str, str]:
+def _lock_packages(check: Checker, key: str, path: Path) -> dict[str, str]:
+    """The packages of one lock manifest; its problems go to the recipe's ``key``."""
+    expect = _EXPECT["lock"]
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        check.add(key, f"{path}: no such file; expected {_EXPECT['lock']}")
+        data, problems = load(path, "json")
+    except Unreadable as exc:
+        check.add(key, f"{path}: no such file; expected {expect}" if exc.missing
+                  else f"{path}: cannot read it ({exc}); expected {expect}")
         return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        check.add(key, f"{path}: cannot read it ({exc}); expected {_EXPECT['lock']}")
-        return {}
-    except json.JSONDecodeError as exc:
-        check.add(key, f"{path}: not JSON (line {exc.lineno}: {exc.msg}); "
-                       f"expected {_EXPECT['lock']}")
+    for problem in problems:
+        if problem.path:
+            check.add(key, f"{path}: {key_path(problem.path)}: {problem.what}")
+        else:
+            check.add(key, f"{path}: {problem.what}; expected {expect}")
+    if problems:
         return {}
     packages = data.get("packages") if isinstance(data, dict) else None
     if not isinstance(packages, dict) or not packages:
         check.add(key, f"{path}: has no 'packages' mapping of package names to versions; "
-                       f"expected {_EXPECT['lock']}")
+                       f"expected {expect}")
         return {}
     good = {}
     for package, version in packages.items():
-        name = package.split(":", 1)[0] if isinstance(package, str) else ""
+        name = package.split(":", 1)[0]
         if not _PACKAGE_RE.fullmatch(name) or not isinstance(version, str) \
                 or not _VERSION_RE.fullmatch(version):
-            check.add(key, f"{path}: packages.{package}: expected a Debian package name "
+            check.add(key, f"{path}: {join('packages', package)}: expected a Debian package name "
                            f"and version, got {version!r}")
             continue
         good[package] = version

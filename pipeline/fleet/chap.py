@@ -18,11 +18,9 @@ import string
 from pathlib import Path
 from typing import Callable, Iterable
 
-import yaml
-
-from pipeline.errors import ConfigError
+from pipeline.config import TOP, Checker
 from pipeline.fsutil import write_if_changed
-from pipeline.fleet.inventory import RawKeyLoader, canonical_mac
+from pipeline.fleet.inventory import canonical_mac
 
 # Letters and digits only: the password travels through tgt-admin (which
 # hands it to a shell) and a key=value file in the initramfs.
@@ -41,37 +39,26 @@ def new_password() -> str:
 
 def load(path: Path) -> dict[str, str]:
     """The stored passwords by canonical MAC; an absent file is empty."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: (top level): cannot read the secrets file: {exc}"]) from None
-    try:
-        data = yaml.load(text, Loader=RawKeyLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f":{mark.line + 1}" if mark else ""
-        raise ConfigError([f"{path}{where}: (top level): YAML syntax error in the secrets file"]) from None
+    check = Checker(path)
+    data = check.read(missing_ok=True)
+    check.raise_problems()
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError([f"{path}: (top level): expected a mapping of MAC address to password"])
+        check.add(TOP, "expected a mapping of MAC address to password")
+        check.raise_problems()
     result: dict[str, str] = {}
-    problems = []
     for key, value in data.items():
-        mac = canonical_mac(str(key))
+        mac = canonical_mac(key)
         # The value is never quoted in a message: it is a secret.
         if mac is None:
-            problems.append(f"{path}: {key}: not a MAC address")
+            check.add(key, "not a MAC address")
         elif not isinstance(value, str) or len(value) < MIN_LENGTH \
                 or any(c not in ALPHABET for c in value):
-            problems.append(f"{path}: {key}: expected a password of at least {MIN_LENGTH} "
-                            "letters and digits")
+            check.add(key, f"expected a password of at least {MIN_LENGTH} letters and digits")
         else:
             result[mac] = value
-    if problems:
-        raise ConfigError(problems)
+    check.raise_problems()
     return result
 
 

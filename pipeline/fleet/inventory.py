@@ -40,11 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
+from pipeline.config import TOP, Checker, got
 from pipeline.errors import ConfigError
 from pipeline.naming import check_release
-from pipeline.build.recipe import KNOWN_FLAVOURS, TOP, Recipe, _Checker, _got
+from pipeline.build.recipe import KNOWN_FLAVOURS, Recipe
 
 SITE_KEYS = ("authority", "portals", "boot_server", "tftp_root", "store", "secrets",
              "cmdline", "dnsmasq_conf", "tftp_group", "pxe_boot_file")
@@ -55,6 +54,8 @@ DEFAULT_PORT = 3260
 # dnsmasq's own default group; TFTP can only send files that group may read.
 DEFAULT_TFTP_GROUP = "dip"
 DEFAULT_PXE_BOOT_FILE = "pxelinux.0"
+# Machines are keyed by MAC: their key paths read machines[52:54:00:12:34:01].
+MACHINES_KEYED = ("machines",)
 
 # Always used with fullmatch().
 _AUTHORITY_RE = re.compile(
@@ -129,12 +130,10 @@ class Inventory:
 
 def load_inventory(path: Path, recipes: Mapping[str, Recipe]) -> Inventory:
     """Read and check the inventory; ConfigError lists all its problems."""
-    check = _Checker(path)
-    data = _read(path, check)
-    inventory = None
-    if not check.problems:
-        inventory = _build(path, data, recipes, check)
-    if check.problems or inventory is None:
+    check = Checker(path, keyed=MACHINES_KEYED)
+    data = check.read()
+    inventory = None if check.problems else _build(path, data, recipes, check)
+    if inventory is None:  # _build returns None only with problems
         raise ConfigError(check.problems)
     return inventory
 
@@ -158,77 +157,14 @@ def is_multicast(mac: str) -> bool:
     return int(mac[:2], 16) & 1 == 1
 
 
-class RawKeyLoader(yaml.SafeLoader):
-    """Mapping keys stay the text as written: YAML 1.1 would read the plain
-    key 52:54:00:12:34:01 as a base-60 integer."""
-
-
-def _mapping(loader: RawKeyLoader, node: yaml.MappingNode) -> dict[Any, Any]:
-    loader.flatten_mapping(node)
-    result: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node.value)
-        result[key] = loader.construct_object(value_node, deep=True)
-    return result
-
-
-RawKeyLoader.add_constructor("tag:yaml.org,2002:map", _mapping)
-
-
-def _read(path: Path, check: _Checker) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        check.add(TOP, f"cannot read file: {getattr(exc, 'strerror', None) or exc}")
-        return None
-    try:
-        node = yaml.compose(text, Loader=RawKeyLoader)
-        data = yaml.load(text, Loader=RawKeyLoader)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f":{mark.line + 1}:{mark.column + 1}" if mark else f": {TOP}"
-        check.problems.append(f"{check.file}{where}: YAML syntax error: {exc.problem or exc}")
-        return None
-    except yaml.YAMLError as exc:
-        check.add(TOP, f"YAML syntax error: {exc}")
-        return None
-    _duplicate_keys(node, "", check)
-    return data
-
-
-def _duplicate_keys(node: Any, path: str, check: _Checker) -> None:
-    """safe_load keeps the last of two equal keys silently; report them."""
-    if not isinstance(node, yaml.MappingNode):
-        return
-    lines: dict[str, int] = {}
-    for key_node, value_node in node.value:
-        if not isinstance(key_node, yaml.ScalarNode):
-            continue
-        key, line = key_node.value, key_node.start_mark.line + 1
-        sub = _key(path, key)
-        if key in lines:
-            check.add(sub, f"duplicate key (lines {lines[key]} and {line}); keep only one")
-        else:
-            lines[key] = line
-        _duplicate_keys(value_node, sub, check)
-
-
-def _key(parent: str, key: str) -> str:
-    if parent == "machines":
-        return f"machines[{key}]"
-    return f"{parent}.{key}" if parent else key
-
-
-def _build(path: Path, data: Any, recipes: Mapping[str, Recipe], check: _Checker) -> Inventory | None:
+def _build(path: Path, data: Any, recipes: Mapping[str, Recipe], check: Checker) -> Inventory | None:
     if not isinstance(data, dict):
         what = "the file is empty; " if data is None else ""
         check.add(TOP, f"{what}expected a mapping with the keys site and machines"
-                       + ("" if data is None else f", {_got(data)}"))
+                       + ("" if data is None else f", {got(data)}"))
         return None
     check.unknown_keys("", data, ("site", "machines"))
-    for key in ("site", "machines"):
-        if key not in data:
-            check.add(key, "missing required key")
+    check.required("", data, ("site", "machines"))
     site = _site(path.parent, data.get("site"), check) if "site" in data else None
     machines = _machines(data.get("machines"), recipes, check) if "machines" in data else []
     if check.problems or site is None:
@@ -236,20 +172,18 @@ def _build(path: Path, data: Any, recipes: Mapping[str, Recipe], check: _Checker
     return Inventory(path=path, site=site, machines=tuple(machines))
 
 
-def _path(base: Path, check: _Checker, key: str, value: Any) -> Path:
+def _path(base: Path, check: Checker, key: str, value: Any) -> Path:
     text = check.string(key, value, EXPECT[key.split(".")[-1]])
     if text is not None and not text.strip():
         check.add(key, f"expected {EXPECT[key.split('.')[-1]]}, got an empty string")
     return (base / text).resolve() if text else Path("/nonexistent")
 
 
-def _site(base: Path, value: Any, check: _Checker) -> Site | None:
+def _site(base: Path, value: Any, check: Checker) -> Site | None:
     section = check.mapping("site", value, SITE_KEYS, "a mapping with keys " + ", ".join(SITE_KEYS))
     if not isinstance(value, dict):
         return None
-    for key in SITE_REQUIRED:
-        if key not in section:
-            check.add(f"site.{key}", f"missing required key; expected {EXPECT[key]}")
+    check.required("site", section, SITE_REQUIRED, EXPECT)
     authority = check.string("site.authority", section.get("authority", ""), EXPECT["authority"]) or ""
     if "authority" in section and authority and not _AUTHORITY_RE.fullmatch(authority):
         check.add("site.authority", f"{authority!r} is not valid; expected {EXPECT['authority']}")
@@ -290,7 +224,7 @@ def _site(base: Path, value: Any, check: _Checker) -> Site | None:
                 dnsmasq_conf=dnsmasq_conf, tftp_group=group, pxe_boot_file=boot_file)
 
 
-def _ipv4(check: _Checker, key: str, value: Any, expect: str) -> str | None:
+def _ipv4(check: Checker, key: str, value: Any, expect: str) -> str | None:
     text = check.string(key, value, expect)
     if text is None:
         return None
@@ -317,7 +251,7 @@ def parse_portal(text: str) -> str | None:
     return address + (f":{port}" if port and int(port) != DEFAULT_PORT else "")
 
 
-def _portals(check: _Checker, value: Any) -> list[str]:
+def _portals(check: Checker, value: Any) -> list[str]:
     portals: list[str] = []
     for key, text in check.name_list("site.portals", value, EXPECT["portals"], required=True):
         portal = parse_portal(text)
@@ -331,11 +265,11 @@ def _portals(check: _Checker, value: Any) -> list[str]:
     return portals
 
 
-def _machines(value: Any, recipes: Mapping[str, Recipe], check: _Checker) -> list[Machine]:
+def _machines(value: Any, recipes: Mapping[str, Recipe], check: Checker) -> list[Machine]:
     if value is None:
         return []  # an inventory without machines yet is fine
     if not isinstance(value, dict):
-        check.add("machines", f"expected a mapping of MAC address to machine, {_got(value)}")
+        check.add("machines", f"expected a mapping of MAC address to machine, {got(value)}")
         return []
     machines: list[Machine] = []
     by_mac: dict[str, str] = {}
@@ -377,15 +311,13 @@ def _machines(value: Any, recipes: Mapping[str, Recipe], check: _Checker) -> lis
 
 
 def _machine(key: str, mac: str | None, entry: Any, recipes: Mapping[str, Recipe],
-             check: _Checker) -> Machine | None:
+             check: Checker) -> Machine | None:
     expect = "a mapping with keys name and image (and optionally kernel, address)"
     if not isinstance(entry, dict):
-        check.add(key, f"expected {expect}, {_got(entry)}")
+        check.add(key, f"expected {expect}, {got(entry)}")
         return None
     check.unknown_keys(key, entry, MACHINE_KEYS)
-    for name in MACHINE_REQUIRED:
-        if name not in entry:
-            check.add(f"{key}.{name}", f"missing required key; expected {EXPECT[name]}")
+    check.required(key, entry, MACHINE_REQUIRED, EXPECT)
     name = check.string(f"{key}.name", entry.get("name", ""), EXPECT["name"]) or ""
     if "name" in entry and name and not _HOSTNAME_RE.fullmatch(name):
         hint = " (upper-case letters are not allowed)" if _HOSTNAME_RE.fullmatch(name.lower()) else ""
