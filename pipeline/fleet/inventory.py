@@ -45,9 +45,12 @@ from pipeline.errors import ConfigError
 from pipeline.naming import check_release
 from pipeline.build.recipe import KNOWN_FLAVOURS, Recipe
 
-SITE_KEYS = ("authority", "portals", "boot_server", "tftp_root", "store", "secrets",
-             "cmdline", "dnsmasq_conf", "tftp_group", "pxe_boot_file")
-SITE_REQUIRED = ("authority", "portals", "tftp_root", "store")
+SITE_KEYS = ("authority", "portals", "gateways", "boot_server", "tftp_root", "store", "secrets",
+             "cmdline", "dnsmasq_conf", "tftp_group", "pxe_boot_file", "store_backend", "rbd")
+# portals, or gateways (whose portals they are): checked in _site.
+SITE_REQUIRED = ("authority", "tftp_root", "store")
+STORE_BACKENDS = ("file", "rbd")
+RBD_KEYS = ("conf", "client_id", "keyring", "pool")
 MACHINE_KEYS = ("name", "image", "kernel", "address")
 MACHINE_REQUIRED = ("name", "image")
 DEFAULT_PORT = 3260
@@ -79,6 +82,14 @@ EXPECT = {
     "dnsmasq_conf": "a file path",
     "tftp_group": "the group dnsmasq runs as (dnsmasq's default: dip)",
     "pxe_boot_file": "a file name in the TFTP tree, e.g. pxelinux.0",
+    "gateways": "a mapping of gateway host name to the list of its portals, "
+                "e.g. {gw-a: [192.0.2.1], gw-b: [198.51.100.1]}",
+    "store_backend": "one of " + ", ".join(STORE_BACKENDS),
+    "rbd": "a mapping with keys " + ", ".join(RBD_KEYS),
+    "conf": "the path of the Ceph cluster's ceph.conf",
+    "client_id": "a Ceph client id: the name after 'client.' (letters, digits, '.', '_', '-')",
+    "keyring": "the path of the client's keyring, outside tftp_root",
+    "pool": "an RBD pool name (letters, digits, '.', '_', '-')",
     "mac": "six pairs of hex digits separated by ':' or '-', e.g. 52:54:00:12:34:01",
     "name": "a host name: an RFC 1123 label of 1-63 characters a-z 0-9 -, "
             "not starting or ending with '-'",
@@ -100,6 +111,25 @@ class Site:
     dnsmasq_conf: Path
     tftp_group: str
     pxe_boot_file: str
+    gateways: tuple["Gateway", ...] = ()   # empty: every portal is on this store's host
+    store_backend: str = "file"
+    rbd: "RbdSite | None" = None
+
+
+@dataclass(frozen=True)
+class Gateway:
+    """An iSCSI gateway host in front of the store; each portal belongs to one."""
+    name: str
+    portals: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RbdSite:
+    """The Ceph cluster of an rbd store (``site.rbd``)."""
+    conf: Path
+    client_id: str
+    keyring: Path
+    pool: str
 
 
 @dataclass(frozen=True)
@@ -188,6 +218,15 @@ def _site(base: Path, value: Any, check: Checker) -> Site | None:
     if "authority" in section and authority and not _AUTHORITY_RE.fullmatch(authority):
         check.add("site.authority", f"{authority!r} is not valid; expected {EXPECT['authority']}")
     portals = _portals(check, section["portals"]) if "portals" in section else []
+    gateways: tuple[Gateway, ...] = ()
+    if "gateways" in section:
+        if "portals" in section:
+            check.add("site.portals", "not with site.gateways (the gateways name their portals); "
+                                      "expected one of the two")
+        gateways = _gateways(check, section["gateways"])
+        portals = [portal for gateway in gateways for portal in gateway.portals]
+    elif "portals" not in section:
+        check.add("site.portals", f"missing required key; expected {EXPECT['portals']} (or site.gateways)")
     boot_server = None
     if section.get("boot_server") is not None:
         boot_server = _ipv4(check, "site.boot_server", section["boot_server"], EXPECT["boot_server"])
@@ -219,9 +258,71 @@ def _site(base: Path, value: Any, check: Checker) -> Site | None:
                              EXPECT["pxe_boot_file"]) or ""
     if boot_file and (not _FILE_NAME_RE.fullmatch(boot_file) or ".." in boot_file.split("/")):
         check.add("site.pxe_boot_file", f"{boot_file!r} is not valid; expected {EXPECT['pxe_boot_file']}")
+    backend = check.choice("site.store_backend", section.get("store_backend", "file"), STORE_BACKENDS)
+    rbd = None
+    if backend == "rbd" or "rbd" in section:
+        rbd = _rbd(base, check, section.get("rbd"), tftp_root if "tftp_root" in section else None)
+        if backend != "rbd":
+            check.add("site.rbd", "given, but site.store_backend is not rbd; expected "
+                                  "store_backend: rbd with it, or no rbd")
     return Site(authority=authority, portals=tuple(portals), boot_server=boot_server,
                 tftp_root=tftp_root, store=store, secrets=secrets, cmdline=cmdline,
-                dnsmasq_conf=dnsmasq_conf, tftp_group=group, pxe_boot_file=boot_file)
+                dnsmasq_conf=dnsmasq_conf, tftp_group=group, pxe_boot_file=boot_file,
+                gateways=gateways, store_backend=backend, rbd=rbd)
+
+
+def _gateways(check: Checker, value: Any) -> tuple[Gateway, ...]:
+    section = value
+    if not isinstance(section, dict) or not section:
+        check.add("site.gateways", f"expected {EXPECT['gateways']}, {got(value)}")
+        return ()
+    gateways: list[Gateway] = []
+    seen: dict[str, str] = {}
+    for name, listed in section.items():
+        key = f"site.gateways.{name}"
+        if not isinstance(name, str) or not _HOSTNAME_RE.fullmatch(name):
+            check.add(key, f"{name!r} is not a gateway name; expected {EXPECT['name']}")
+            continue
+        portals: list[str] = []
+        for item_key, text in check.name_list(key, listed, "a non-empty list of its portals: "
+                                              "a.b.c.d[:port] or [IPv6][:port]", required=True):
+            portal = parse_portal(text)
+            if portal is None:
+                check.add(item_key, f"{text!r} is not a portal; expected a.b.c.d[:port] or "
+                                    "[IPv6][:port] (no host names)")
+            elif portal in seen:
+                check.add(item_key, f"{text!r} is already a portal of gateway {seen[portal]}; "
+                                    "expected each portal on one gateway")
+            else:
+                seen[portal] = name
+                portals.append(portal)
+        gateways.append(Gateway(name, tuple(portals)))
+    return tuple(gateways)
+
+
+def _rbd(base: Path, check: Checker, value: Any, tftp_root: Path | None) -> RbdSite | None:
+    section = check.mapping("site.rbd", value, RBD_KEYS, EXPECT["rbd"])
+    if not isinstance(value, dict):
+        return None
+    check.required("site.rbd", section, RBD_KEYS, EXPECT)
+    if any(name not in section for name in RBD_KEYS):
+        return None
+    conf = _path(base, check, "site.rbd.conf", section["conf"])
+    keyring = _path(base, check, "site.rbd.keyring", section["keyring"])
+    client_id = check.string("site.rbd.client_id", section["client_id"], EXPECT["client_id"]) or ""
+    pool = check.string("site.rbd.pool", section["pool"], EXPECT["pool"]) or ""
+    for key, text in (("client_id", client_id), ("pool", pool)):
+        if text and not re.fullmatch(r"[A-Za-z0-9._-]+", text):
+            check.add(f"site.rbd.{key}", f"{text!r} is not valid; expected {EXPECT[key]}")
+    # tgt-admin hands the conf path to a shell inside bsopts.
+    if re.search(r"[\s'\";\\]", str(conf)):
+        check.add("site.rbd.conf", f"{str(conf)!r} has a space, quote, ';' or '\\'; expected a "
+                                   "plain path (tgt-admin passes it through a shell)")
+    # The keyring is a secret, like the CHAP secrets file: never where TFTP serves.
+    if tftp_root is not None and keyring.is_relative_to(tftp_root):
+        check.add("site.rbd.keyring", f"{keyring} is inside site.tftp_root ({tftp_root}), which "
+                                      "TFTP serves to anyone; expected a path outside it")
+    return RbdSite(conf=conf, client_id=client_id, keyring=keyring, pool=pool)
 
 
 def _ipv4(check: Checker, key: str, value: Any, expect: str) -> str | None:

@@ -186,7 +186,7 @@ def test_reprovision_keeps_a_backup_until_removed(cluster, store, tmp_path):
 
 
 @pytest.mark.parametrize("problem", ["no such pool", "missing keyring", "not a keyring", "wrong client",
-                                     "cluster down"])
+                                     "cluster down", "keyring readable by others"])
 def test_bad_settings_give_one_clear_line(cluster, tmp_path, problem, monkeypatch):
     if problem == "no such pool":
         settings, expected = settings_of(cluster, pool="nopool"), "the cluster has no pool 'nopool'"
@@ -194,7 +194,13 @@ def test_bad_settings_give_one_clear_line(cluster, tmp_path, problem, monkeypatc
         settings, expected = settings_of(cluster, keyring=tmp_path / "gone"), "cannot read the keyring"
     elif problem == "not a keyring":
         (tmp_path / "bad.keyring").write_text("this is not a keyring\n")
+        (tmp_path / "bad.keyring").chmod(0o600)
         settings, expected = settings_of(cluster, keyring=tmp_path / "bad.keyring"), "not a Ceph keyring"
+    elif problem == "keyring readable by others":
+        shared = tmp_path / "shared.keyring"
+        shared.write_bytes(cluster.keyring.read_bytes())
+        shared.chmod(0o644)
+        settings, expected = settings_of(cluster, keyring=shared), "readable by others (mode 0644)"
     elif problem == "wrong client":
         settings, expected = settings_of(cluster, client_id="nobody"), "the cluster refused client.nobody"
     else:

@@ -28,6 +28,12 @@ SITE = """site:
   tftp_root: tftp
   store: store
 """
+GW_SITE = """site:
+  authority: 2025-01.org.example
+  gateways: {gw-a: [192.0.2.1], gw-b: [198.51.100.1]}
+  tftp_root: tftp
+  store: store
+"""
 GOOD = SITE + """machines:
   52:54:00:12:34:01: {name: web1, image: trixie}
   52:54:00:12:34:02: {name: web2, image: trixie, kernel: 6.12.57+deb13-amd64, address: 192.0.2.22}
@@ -192,6 +198,34 @@ BAD = [
                            "  52:54:00:12:34:02: {name: b, image: trixie, address: '2001:db8::5'}\n",
      [(f"machines[{M1}].address", "'192.0.2.300' is not an IPv4 address"),
       ("machines[52:54:00:12:34:02].address", "'2001:db8::5' is not an IPv4 address")]),
+    # Gateways: each names its portals; site.portals is then not given.
+    ("gateways-and-portals", GW_SITE.replace("  tftp_root:", "  portals: [192.0.2.1]\n  tftp_root:")
+     + "machines:\n", [("site.portals", "not with site.gateways")]),
+    ("no-portals-no-gateways", "site: {authority: 2025-01.org.example, tftp_root: t, store: s}\nmachines:\n",
+     [("site.portals", "missing required key")]),
+    ("gateway-shared-portal", GW_SITE.replace("gw-b: [198.51.100.1]", "gw-b: [192.0.2.1]")
+     + "machines:\n", [("site.gateways.gw-b[0]", "already a portal of gateway gw-a")]),
+    ("gateway-bad-name", GW_SITE.replace("gw-b:", "Gw_B:") + "machines:\n",
+     [("site.gateways.Gw_B", "is not a gateway name")]),
+    ("gateway-no-portals", GW_SITE.replace("[198.51.100.1]", "[]") + "machines:\n",
+     [("site.gateways.gw-b", "got an empty list")]),
+    ("gateways-not-mapping", GW_SITE.replace("{gw-a: [192.0.2.1], gw-b: [198.51.100.1]}", "[gw-a]")
+     + "machines:\n", [("site.gateways", "expected a mapping of gateway host name")]),
+    # The rbd store.
+    ("unknown-backend", SITE + "  store_backend: nfs\nmachines:\n",
+     [("site.store_backend", "unknown value 'nfs'; expected one of file, rbd")]),
+    ("rbd-without-settings", SITE + "  store_backend: rbd\nmachines:\n",
+     [("site.rbd", "expected a mapping with keys conf, client_id, keyring, pool")]),
+    ("rbd-missing-keys", SITE + "  store_backend: rbd\n  rbd: {conf: ceph.conf}\nmachines:\n",
+     [("site.rbd.client_id", "missing required key"), ("site.rbd.keyring", "missing required key"),
+      ("site.rbd.pool", "missing required key")]),
+    ("rbd-bad-values", SITE + "  store_backend: rbd\n  rbd: {conf: 'my ceph.conf', client_id: 'a b',"
+     " keyring: tftp/keyring, pool: 'p;q', size: 3}\nmachines:\n",
+     [("site.rbd.size", "unknown key"), ("site.rbd.client_id", "'a b' is not valid"),
+      ("site.rbd.pool", "'p;q' is not valid"), ("site.rbd.conf", "has a space"),
+      ("site.rbd.keyring", "inside site.tftp_root")]),
+    ("rbd-but-file-backend", SITE + "  rbd: {conf: c, client_id: i, keyring: k, pool: p}\nmachines:\n",
+     [("site.rbd", "site.store_backend is not rbd")]),
 ]
 
 
@@ -234,3 +268,29 @@ def test_multicast_bit():
     ("host.example", None), ("[192.0.2.1]", None), ("", None)])
 def test_parse_portal(text, portal):
     assert parse_portal(text) == portal
+
+
+def test_gateways_name_the_portals(tmp_path):
+    site = load(tmp_path, GW_SITE.replace("[198.51.100.1]", "[198.51.100.1, '[2001:db8::1]:3261']")
+                + "machines:\n").site
+    assert [(g.name, g.portals) for g in site.gateways] == [
+        ("gw-a", ("192.0.2.1",)), ("gw-b", ("198.51.100.1", "[2001:db8::1]:3261"))]
+    assert site.portals == ("192.0.2.1", "198.51.100.1", "[2001:db8::1]:3261")
+
+
+def test_a_site_without_a_backend_is_file(tmp_path):
+    from pipeline.fleet.store import open_store
+    site = load(tmp_path, GOOD).site
+    assert (site.store_backend, site.rbd, site.gateways) == ("file", None, ())
+    assert open_store(site).kind == "file"
+
+
+def test_an_rbd_site_opens_an_rbd_store(tmp_path):
+    from pipeline.fleet.store import open_store
+    site = load(tmp_path, SITE + "  store_backend: rbd\n  rbd: {conf: ceph/ceph.conf, client_id: fleet,"
+                          " keyring: ceph/fleet.keyring, pool: machines}\nmachines:\n").site
+    base = tmp_path / "fleet"
+    assert site.rbd.conf == base / "ceph/ceph.conf" and site.rbd.keyring == base / "ceph/fleet.keyring"
+    store = open_store(site)
+    assert store.kind == "rbd"
+    assert (store.settings.client_id, store.settings.pool) == ("fleet", "machines")

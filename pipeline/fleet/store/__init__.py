@@ -112,8 +112,7 @@ def open_store(site: Any, *, backend: str | None = None, settings: Any = None) -
 
     The backend is ``backend``, else the site's ``store_backend``, else
     ``file``; the rbd backend's settings are ``settings``, else the site's
-    ``rbd`` (an RbdSettings, or a mapping with its keys).  The inventory
-    does not have those two keys yet: until it does, every site is ``file``.
+    ``rbd`` (the inventory's RbdSite, an RbdSettings, or a mapping with its keys).
     """
     kind = backend or getattr(site, "store_backend", None) or "file"
     naming = Store(Path(site.store))
@@ -123,6 +122,9 @@ def open_store(site: Any, *, backend: str | None = None, settings: Any = None) -
     if kind == "rbd":
         from pipeline.fleet.store.rbd import RbdSettings, RbdStore
         given = settings if settings is not None else getattr(site, "rbd", None)
+        if given is not None and not isinstance(given, (RbdSettings, dict)):
+            # the inventory's RbdSite: already checked, one line per problem
+            given = RbdSettings(given.conf, given.client_id, given.keyring, given.pool)
         if not isinstance(given, RbdSettings):
             given = RbdSettings.from_mapping(given, where=f"{getattr(site, 'path', 'site')}: site.rbd")
         return RbdStore(given, naming)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import tempfile
 import time
 from contextlib import contextmanager
@@ -165,6 +166,11 @@ class RbdStore:
             except OSError as exc:
                 raise PipelineError(f"{path}: cannot read the {label} of rbd store {self.where}: "
                                     f"{exc.strerror}") from None
+        # The keyring is a secret, kept like the CHAP secrets file.
+        mode = stat.S_IMODE(s.keyring.stat().st_mode)
+        if mode & 0o077:
+            raise PipelineError(f"{s.keyring}: the keyring of rbd store {self.where} is readable "
+                                f"by others (mode {mode:04o}); expected mode 0600 (chmod 600)")
         self._changed()
         self._images()
 
