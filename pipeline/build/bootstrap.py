@@ -3,6 +3,10 @@
 One base per recipe; each kernel flavour starts from a copy of it.  The
 package lists are kept in the base so that the kernel step can install a
 kernel without another ``apt-get update``; the strip step removes them later.
+
+The recipe's bootstrapper (mmdebstrap, debootstrap, mkosi) is one module of
+:mod:`pipeline.build.bootstrappers`; this step is the same for each: write
+the tree under a partial name, check it against the lock, then commit it.
 """
 
 from __future__ import annotations
@@ -10,46 +14,33 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pipeline.build import chroot, lock
 from pipeline import runner
-from pipeline.fsutil import commit, fresh_partial
+from pipeline.build import bootstrappers, lock
+from pipeline.build.bootstrappers import mmdebstrap
 from pipeline.build.recipe import Recipe
+from pipeline.fsutil import commit, fresh_partial
+from pipeline.naming import bootstrapper_scratch
+
+# Kept for the callers that build mmdebstrap's command line themselves (tests).
+command = mmdebstrap.command
 
 
-def command(recipe: Recipe, target: Path, lock_options: list[str] | None = None) -> list[str]:
-    """The bootstrapper's command line for ``recipe`` into ``target``."""
-    packages = ",".join(recipe.packages)
-    if recipe.bootstrapper == "mmdebstrap":
-        options = ["--aptopt=Acquire::Languages \"none\""]
-        if not recipe.mirror_check_valid_until:
-            # A snapshot mirror serves Release files whose Valid-Until has
-            # passed; the option stays in the tree for the later apt runs.
-            options.append("--aptopt=Acquire::Check-Valid-Until \"false\"")
-        return ["mmdebstrap", "--mode=root", "--format=directory", "--variant=apt",
-                "--skip=cleanup/apt/lists", *options, *(lock_options or []),
-                f"--include={packages}", recipe.suite, str(target), recipe.mirror]
-    return ["debootstrap", "--variant=minbase", f"--include={packages}",
-            recipe.suite, str(target), recipe.mirror]
+def bootstrap(recipe: Recipe, dest: Path, scratch: Path | None = None) -> None:
+    """Bootstrap ``recipe``'s base tree into ``dest`` (atomically).
 
-
-def bootstrap(recipe: Recipe, dest: Path) -> None:
-    """Bootstrap ``recipe``'s base tree into ``dest`` (atomically)."""
-    runner.require_tools([recipe.bootstrapper])
+    ``scratch`` is the bootstrapper's own folder (configuration, caches);
+    by default the one naming gives for ``dest``.
+    """
+    tool = bootstrappers.get(recipe.bootstrapper)
+    bootstrappers.require([recipe.bootstrapper])
+    scratch = scratch or bootstrapper_scratch(dest)
+    scratch.mkdir(parents=True, exist_ok=True)
     tmp = fresh_partial(dest)
-    if recipe.bootstrapper == "debootstrap":
-        tmp.mkdir()
     env = {"SOURCE_DATE_EPOCH": str(recipe.source_date_epoch), "DEBIAN_FRONTEND": "noninteractive"}
-    pref_file = fresh_partial(dest.with_name(dest.name + ".lock-pref"))
-    try:
-        options = lock.mmdebstrap_options(recipe.locked_versions, pref_file)
-        runner.run(command(recipe, tmp, options), env=env, echo=True)
-    finally:
-        pref_file.unlink(missing_ok=True)
+    argv = tool.prepare(recipe, tmp, scratch)
+    runner.run(argv, env=env, echo=True)
+    tool.finish(recipe, tmp, scratch, env)
     lock.check(f"bootstrap {recipe.image}", tmp, recipe.locked_versions)
-    if recipe.bootstrapper == "debootstrap":
-        # debootstrap leaves no package lists; fetch them as mmdebstrap does.
-        with chroot.mounted(tmp):
-            chroot.run(tmp, ["apt-get", "update"], env=env, echo=True)
     commit(tmp, dest)
 
 

@@ -28,9 +28,11 @@ def packages(tree: Path) -> dict[str, str]:
 
 
 def tool_versions(recipe: Recipe, image_packages: dict[str, str]) -> dict[str, str]:
+    # Imported here: the bootstrappers use lock, which uses this module.
+    from pipeline.build import bootstrappers
     versions = {
         "image-pipeline": __version__,
-        recipe.bootstrapper: runner.tool_version([recipe.bootstrapper, "--version"]),
+        recipe.bootstrapper: bootstrappers.tool_version(recipe.bootstrapper),
         "mke2fs": runner.tool_version(["mkfs.ext4", "-V"]),
     }
     versions["initramfs-tools (image)"] = image_packages.get("initramfs-tools", "unknown")

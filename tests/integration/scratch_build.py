@@ -55,9 +55,15 @@ def scratch_recipes() -> dict[str, Recipe]:
 
 def doit(*args: str, check: bool = True, timeout: float = 1800) -> subprocess.CompletedProcess:
     """Run doit in the scratch project; every run is appended to its doit.log."""
-    proc = subprocess.run(["doit", *args], cwd=SCRATCH, stdin=subprocess.DEVNULL,
+    return doit_in(SCRATCH, *args, check=check, timeout=timeout)
+
+
+def doit_in(project: Path, *args: str, check: bool = True,
+            timeout: float = 1800) -> subprocess.CompletedProcess:
+    """Run doit in ``project``; every run is appended to its doit.log."""
+    proc = subprocess.run(["doit", *args], cwd=project, stdin=subprocess.DEVNULL,
                           capture_output=True, text=True, timeout=timeout)
-    with open(SCRATCH / "doit.log", "a") as log:
+    with open(project / "doit.log", "a") as log:
         log.write(f"\n$ doit {' '.join(args)}\n{proc.stdout}{proc.stderr}")
     if check and proc.returncode != 0:
         pytest.fail(f"doit {' '.join(args)} failed ({proc.returncode}):\n"
@@ -72,8 +78,24 @@ def steps_run(output: str) -> set[str]:
 
 def manifest_of(image: str, flavour: str) -> Path:
     """The manifest of the triple the last build of ``image``-``flavour`` made."""
-    stamp = json.loads((SCRATCH / "out/work" / image / flavour / "triple.json").read_text())
-    return SCRATCH / "out/triples" / next(n for n in stamp["files"] if n.endswith(".manifest.json"))
+    return manifest_in(SCRATCH, image, flavour)
+
+
+def manifest_in(project: Path, image: str, flavour: str) -> Path:
+    """Like :func:`manifest_of`, in another scratch project."""
+    stamp = json.loads((project / "out/work" / image / flavour / "triple.json").read_text())
+    return project / "out/triples" / next(n for n in stamp["files"] if n.endswith(".manifest.json"))
+
+
+def make_single_recipe_project(dest: Path, recipe_name: str) -> None:
+    """A scratch project of its own holding one of this checkout's recipes as it is.
+
+    Apart from the shared one, so that neither project's doit runs see the
+    other's recipes (write_project removes recipes it was not given).
+    """
+    recipe = PROJECT / "recipes" / f"{recipe_name}.yaml"
+    write_project(dest, {recipe.name: recipe.read_text()}, overlays=PROJECT / "overlays",
+                  link_packages=True)
 
 
 def current_manifest() -> Path:
