@@ -164,6 +164,13 @@ def output_bytes(argv: Sequence[str | os.PathLike[str]], *, env: Mapping[str, st
 TOOL_PACKAGES = {
     "mmdebstrap": "mmdebstrap",
     "debootstrap": "debootstrap",
+    "mkosi": "mkosi",
+    "rbd": "ceph-common",
+    "ceph": "ceph-common",
+    "ceph-authtool": "ceph-common",
+    "ceph-mon": "ceph-mon",
+    "ceph-osd": "ceph-osd",
+    "rbd-fuse": "rbd-fuse",
     "mkfs.ext4": "e2fsprogs",
     "debugfs": "e2fsprogs",
     "e2fsck": "e2fsprogs",

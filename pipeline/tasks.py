@@ -30,7 +30,7 @@ from pathlib import Path
 from doit.exceptions import TaskFailed
 from doit.tools import config_changed
 
-from pipeline.build import package, repro, steps
+from pipeline.build import bootstrappers, package, repro, steps
 from pipeline import runner
 from pipeline.errors import ConfigError, PipelineError, report
 from pipeline.fsutil import read_json, remove_tree
@@ -149,9 +149,14 @@ def do_clean(paths: list[Path]) -> None:
 
 def task_preflight():
     """Check that the host has every tool the build needs."""
-    tools = sorted(set(HOST_TOOLS) | {r.bootstrapper for r in load()})
-    return {"actions": [(guarded, ["preflight", runner.require_tools, tools])],
+    return {"actions": [(guarded, ["preflight", preflight, sorted({r.bootstrapper for r in load()})])],
             "uptodate": [False], "verbosity": 1}
+
+
+def preflight(bootstrapper_names: list[str]) -> None:
+    """Every host tool, then each recipe's bootstrapper (present and new enough)."""
+    runner.require_tools(sorted(HOST_TOOLS))
+    bootstrappers.require(bootstrapper_names)
 
 
 def task_package():
@@ -178,7 +183,8 @@ def task_bootstrap():
                "uptodate": [config_changed(identity + step_code(steps.do_bootstrap))],
                "task_dep": ["preflight"],
                "clean": [(do_clean, [[layout.base_tree(recipe.image),
-                                      layout.base_stamp(recipe.image)]])]}
+                                      layout.base_stamp(recipe.image),
+                                      layout.bootstrapper_scratch(recipe.image)]])]}
 
 
 def task_kernel():

@@ -158,10 +158,20 @@ def test_preflight_lists_host_tools_and_bootstrapper(project):
     task = collect("task_preflight")[0]
     (func, args), = task["actions"]
     assert func is tasks.guarded
-    label, check, tools = args
-    assert check is tasks.runner.require_tools
-    assert "mmdebstrap" in tools and "mkfs.ext4" in tools and "debugfs" in tools
-    assert tools == sorted(set(tools))
+    label, check, names = args
+    assert check is tasks.preflight
+    assert names == ["mmdebstrap"]
+    assert "mkfs.ext4" in tasks.HOST_TOOLS and "debugfs" in tasks.HOST_TOOLS
+
+
+def test_preflight_names_the_package_of_a_missing_bootstrapper(monkeypatch):
+    import shutil
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which",
+                        lambda tool, *a, **k: None if tool == "mkosi" else real_which(tool, *a, **k))
+    with pytest.raises(tasks.PipelineError) as info:
+        tasks.preflight(["mkosi"])
+    assert "mkosi" in str(info.value)
 
 
 def test_actions_are_picklable_tuples(project):
