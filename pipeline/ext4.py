@@ -93,10 +93,6 @@ def unrepeatable_mke2fs() -> str | None:
     return None if mke2fs_version(text) >= REPRODUCIBLE_FROM else text
 
 
-def reproducible_mke2fs() -> bool:
-    return unrepeatable_mke2fs() is None
-
-
 def make_image(tree: Path, dest: Path, *, label: str, fs_uuid: str, hash_seed: str,
                headroom_percent: int, headroom_mib: int, source_date_epoch: int) -> int:
     """Write ``tree`` as an ext4 image at ``dest`` (which must not be in use)."""
@@ -128,14 +124,6 @@ def fs_uuid(image: Path) -> str:
         if line.startswith("Filesystem UUID:"):
             return line.split(":", 1)[1].strip()
     raise ValueError(f"{image}: no UUID in dumpe2fs output")
-
-
-def fs_label(image: Path) -> str:
-    text = runner.output(["dumpe2fs", "-h", str(image)])
-    for line in text.splitlines():
-        if line.startswith("Filesystem volume name:"):
-            return line.split(":", 1)[1].strip()
-    return ""
 
 
 def list_dir(image: Path, path: str) -> list[str]:

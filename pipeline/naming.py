@@ -124,6 +124,10 @@ class Layout:
     def base_tree(self, image: str) -> Path:
         return self.work(image) / "base"
 
+    def bootstrapper_scratch(self, image: str) -> Path:
+        """The bootstrapper's own folder: its configuration, work and caches (mkosi)."""
+        return bootstrapper_scratch(self.base_tree(image))
+
     def base_stamp(self, image: str) -> Path:
         return self.work(image) / "base.json"
 
@@ -164,6 +168,11 @@ class Layout:
     def packages_dir(self) -> Path:
         """Where the pipeline builds the injected Debian packages."""
         return self.out / "packages"
+
+
+def bootstrapper_scratch(base_tree: Path) -> Path:
+    """The bootstrapper's folder beside a base tree: out/work/<image>/bootstrapper."""
+    return base_tree.with_name("bootstrapper")
 
 
 def partial(path: Path) -> Path:
@@ -289,9 +298,6 @@ class Store:
     @property
     def secrets(self) -> Path:
         return self.root / "secrets.yaml"
-
-    def template(self, image: str, release: str, cid: str) -> Path:
-        return self.templates / published_name(image, release, cid, "root")
 
     def disk(self, mac: str) -> Path:
         return self.disks / f"{mac_hyphen(mac)}.ext4"

@@ -5,15 +5,13 @@ than 6.1.0-9-amd64, and 6.12.57+deb13-amd64 newer than 6.12.9+deb13-amd64,
 which plain string order gets wrong.  The rule (deb-version(7)): compare
 alternately a run of non-digits, character by character with letters before
 other characters and '~' before everything, even the end; then a run of
-digits as a number.
+digits as a number.  A release is compared as one string, as dpkg compares
+the upstream part of a version (kernel releases have no epoch).
 """
 
 from __future__ import annotations
 
 import functools
-import re
-
-_VERSION_RE = re.compile(r"(?:([0-9]+):)?(.+?)(?:-([^-]+))?")
 
 
 def _order(char: str) -> int:
@@ -55,17 +53,6 @@ def compare_part(a: str, b: str) -> int:
         if first_diff:
             return first_diff
     return 0
-
-
-def compare(a: str, b: str) -> int:
-    """Compare two full Debian versions ``[epoch:]upstream[-revision]``."""
-    ma, mb = _VERSION_RE.fullmatch(a), _VERSION_RE.fullmatch(b)
-    if not ma or not mb:
-        raise ValueError(f"not a Debian version: {a!r} or {b!r}")
-    epoch = int(ma.group(1) or 0) - int(mb.group(1) or 0)
-    if epoch:
-        return epoch
-    return compare_part(ma.group(2), mb.group(2)) or compare_part(ma.group(3) or "", mb.group(3) or "")
 
 
 def newest(releases: list[str]) -> str:

@@ -15,6 +15,11 @@ twice and nothing can disagree::
     disk (LUN)     <store>/disks/52-54-00-12-34-01.ext4
     record         <store>/records/52-54-00-12-34-01.json
     fs UUID        uuid5(NAMESPACE, "machine-root" \\0 authority \\0 MAC)
+    SCSI identity  scsi_id: uuid5(NAMESPACE, "scsi-disk" \\0 authority \\0 MAC),
+                   as 32 hex digits; scsi_sn: the MAC as 12 hex digits.  What
+                   the disk's gateways (tgt) report in VPD pages 0x80/0x83:
+                   every gateway sets the same values, so the paths through
+                   all of them have one WWID and become one multipath map.
     hostname       the inventory name (systemd.hostname= on the kernel command line)
     TFTP files     machines/52-54-00-12-34-01.ipxe        iPXE script
                    machines/52-54-00-12-34-01.auth.cpio   CHAP credentials (initrd)
@@ -47,23 +52,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.ext4 import NAMESPACE, derived_uuid
+from pipeline.ext4 import derived_uuid
 from pipeline.fleet.inventory import Machine, Site
-from pipeline.naming import Store, TftpTree, initiator_iqn, mac_hex, mac_hyphen, target_iqn
+from pipeline.naming import Store, TftpTree, initiator_iqn, target_iqn
 
-__all__ = ["Derived", "derive", "NAMESPACE"]
+__all__ = ["Derived", "derive"]
 
 
 @dataclass(frozen=True)
 class Derived:
     mac: str
-    mac_hyphen: str
-    mac_hex: str
     hostname: str
     initiator: str
     target: str
     chap_user: str
     fs_uuid: str
+    scsi_id: str            # 32 hex digits
+    scsi_sn: str            # 12 hex digits
     disk: Path
     record: Path
     boot_script: str        # relative to the TFTP root
@@ -78,13 +83,13 @@ def derive(site: Site, machine: Machine) -> Derived:
     initiator = initiator_iqn(site.authority, mac)
     return Derived(
         mac=mac,
-        mac_hyphen=mac_hyphen(mac),
-        mac_hex=mac_hex(mac),
         hostname=machine.name,
         initiator=initiator,
         target=target_iqn(site.authority, mac),
         chap_user=initiator,
         fs_uuid=derived_uuid("machine-root", site.authority, mac),
+        scsi_id=derived_uuid("scsi-disk", site.authority, mac).replace("-", ""),
+        scsi_sn=mac.replace(":", ""),
         disk=store.disk(mac),
         record=store.record(mac),
         boot_script=tftp.machine_script(mac),

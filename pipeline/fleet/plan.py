@@ -27,8 +27,7 @@ from pipeline.errors import ConfigError, PipelineError
 from pipeline.fsutil import read_json, sha256_file
 from pipeline.fleet.inventory import Inventory, Machine
 from pipeline.fleet.store import DiskStore, open_store
-from pipeline.fleet.store.file import disk_releases
-from pipeline.naming import Store, TftpTree, Triple, content_id, published_name
+from pipeline.naming import TftpTree, Triple, content_id, published_name
 
 
 @dataclass(frozen=True)
@@ -62,9 +61,6 @@ class Built:
         """The name of its template in any store (named by the root's content)."""
         return published_name(self.image, self.release, self.cid("root"), "root")
 
-    def template(self, store: Store) -> Path:
-        return store.template(self.image, self.release, self.cid("root"))
-
 
 @dataclass(frozen=True)
 class MachinePlan:
@@ -80,7 +76,6 @@ class MachinePlan:
 @dataclass(frozen=True)
 class Plan:
     inventory: Inventory
-    triples_dir: Path
     machines: tuple[MachinePlan, ...]
     problems: tuple[str, ...]
     store: DiskStore
@@ -162,10 +157,10 @@ def plan(inventory: Inventory, triples_dir: Path, *, fresh: frozenset[str] = fro
                 problems.append(f"{where}: {problem}")
                 continue
         machines.append(MachinePlan(machine, derived, wanted, boot, boot_from, has_disk, note))
-    plan_ = Plan(inventory, triples_dir, tuple(machines), tuple(problems), store)
+    plan_ = Plan(inventory, tuple(machines), tuple(problems), store)
     if not problems:
         problems.extend(_unpublished_parts_problems(plan_))
-    return Plan(inventory, triples_dir, tuple(machines), tuple(problems), store)
+    return Plan(inventory, tuple(machines), tuple(problems), store)
 
 
 def _wanted(machine: Machine, built: list[Built], triples_dir: Path) -> tuple[Built | None, str]:
@@ -251,4 +246,4 @@ def _unpublished_parts_problems(plan_: Plan) -> list[str]:
     return problems
 
 
-__all__ = ["Built", "MachinePlan", "Plan", "plan", "read_built", "disk_releases"]
+__all__ = ["Built", "MachinePlan", "Plan", "plan", "read_built"]

@@ -16,7 +16,6 @@ Every wait is bounded.
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import time
 import uuid
@@ -28,7 +27,6 @@ from pipeline import runner
 from pipeline.errors import PipelineError
 
 TOOLS = ["ceph-mon", "ceph-osd", "ceph", "ceph-authtool", "monmaptool", "rbd"]
-PACKAGES = "ceph-mon ceph-osd ceph-common"
 
 # How long the cluster may take to come up (it takes about 6 s here) and
 # how long one admin command may take before it is given up.
@@ -92,10 +90,6 @@ class Cluster:
     pool: str
     netns: str | None = None
     daemons: list[runner.Background] = field(default_factory=list)
-
-    @property
-    def pids(self) -> list[int]:
-        return [d.pid for d in self.daemons]
 
     def admin(self, *args: str, timeout: float = COMMAND_TIMEOUT) -> str:
         """Run a ceph tool as client.admin (in the cluster's namespace)."""
@@ -232,8 +226,3 @@ def _wait(cluster: Cluster, what: str, timeout: float, ready: Callable[[], bool]
             raise PipelineError(f"{cluster.base}: no {what} after {timeout:g} s{said}; "
                                 f"see {cluster.base}/log")
         time.sleep(0.2)
-
-
-def remove(base: Path) -> None:
-    """Delete a stopped cluster's folder."""
-    shutil.rmtree(base, ignore_errors=True)

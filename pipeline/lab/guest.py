@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass
@@ -64,17 +63,6 @@ class Guest:
     # -- console ------------------------------------------------------------
     def console_text(self) -> str:
         return self.console.read_text(errors="replace") if self.console.exists() else ""
-
-    def wait_console(self, pattern: str, timeout: float) -> re.Match[str] | None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = re.search(pattern, self.console_text(), re.M)
-            if match:
-                return match
-            if not self.qemu.alive():
-                return re.search(pattern, self.console_text(), re.M)
-            time.sleep(0.5)
-        return None
 
     # -- agent --------------------------------------------------------------
     def _connect(self) -> socket.socket:

@@ -28,7 +28,7 @@ from pipeline.fleet.derive import derive
 from pipeline.fleet.inventory import load_inventory
 from pipeline.lab.agent import add_agent
 from pipeline.lab.namespace import PORTALS, Lab
-from pipeline.naming import Store, Triple
+from pipeline.naming import Store, Triple, mac_hyphen
 from pipeline.fleet.publish import gc, publish
 from scratch_build import TASK, TEST_OVERLAY, current_manifest, doit, scratch_recipes
 
@@ -124,7 +124,7 @@ def test_both_machines_boot_from_the_network_onto_their_own_multipath_disk(fleet
     for name, guest in guests.items():
         derived = fleet.derived[name]
         # iPXE fetched this machine's own script over TFTP.
-        assert f"{derived.mac_hyphen}.ipxe" in dnsmasq, dnsmasq[-3000:]
+        assert f"{mac_hyphen(derived.mac)}.ipxe" in dnsmasq, dnsmasq[-3000:]
         assert guest.wait_paths(2, 120) is not None, f"{name}: not 2 active paths"
         assert guest.check("lsblk -n -o TYPE $(findmnt -n -o SOURCE /)").strip() == "mpath"
         assert guest.check("findmnt -n -o UUID /").strip() == derived.fs_uuid

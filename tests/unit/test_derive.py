@@ -32,8 +32,8 @@ WEB1 = Machine(mac="52:54:00:12:34:01", name="web1", image="trixie", kernel=None
 def test_golden_values():
     d = derive(SITE, WEB1)
     assert d.mac == "52:54:00:12:34:01"
-    assert d.mac_hyphen == "52-54-00-12-34-01"
-    assert d.mac_hex == "525400123401"
+    assert naming.mac_hyphen(d.mac) == "52-54-00-12-34-01"
+    assert naming.mac_hex(d.mac) == "525400123401"
     assert d.hostname == "web1"
     assert d.initiator == "iqn.2025-01.org.example:initiator.525400123401"
     assert d.target == "iqn.2025-01.org.example:root.525400123401"
@@ -45,17 +45,22 @@ def test_golden_values():
     assert d.pxelinux_config == "pxelinux.cfg/01-52-54-00-12-34-01"
     # The value the module documentation (and the README) shows.
     assert d.fs_uuid == "6406b288-c69f-5174-bac2-004c70946789"
+    # The SCSI identity every gateway gives the disk (pipeline/fleet/gateways.py).
+    assert d.scsi_id == "94aa71b456b255b09b0fe8d92f759c25"
+    assert d.scsi_sn == "525400123401"
 
 
 def test_golden_values_second_way():
     """The same values built independently of the code under test."""
     d = derive(SITE, WEB1)
     octets = bytes(int(x, 16) for x in WEB1.mac.split(":"))
-    assert d.mac_hex == octets.hex()
-    assert d.mac_hyphen == "-".join(f"{o:02x}" for o in octets)
+    assert naming.mac_hex(d.mac) == octets.hex()
+    assert naming.mac_hyphen(d.mac) == "-".join(f"{o:02x}" for o in octets)
     namespace = uuid.UUID("6f1b8d0e-3c4e-4f0e-9a55-2f0b6c1d7a10")
     assert d.fs_uuid == str(uuid.uuid5(namespace, "machine-root\x002025-01.org.example\x0052:54:00:12:34:01"))
     assert uuid.UUID(d.fs_uuid).version == 5
+    assert d.scsi_id == uuid.uuid5(namespace, "scsi-disk\x002025-01.org.example\x0052:54:00:12:34:01").hex
+    assert d.scsi_sn == octets.hex()
 
 
 def test_documentation_shows_the_golden_values():
@@ -116,21 +121,31 @@ def test_content_id_and_backup_names():
 
 # -- Debian version order ---------------------------------------------------------
 
-VERSIONS = ["1.0", "1.0-1", "1.0~rc1", "1.0~rc1-1", "1:0.9", "1.0+b1", "1.0a", "1.0.1", "1.00",
-            "2.0~~", "2.0~", "2.0", "1.0-1.1", "1.0-10", "0:1.0", "6.1.0-28", "6.1.0-9",
-            "6.12.57+deb13", "6.12.9+deb13"]
+# Kernel releases and the corner cases of the order: '~', letters, leading
+# zeros, hyphens inside the release (no epochs: a release never has one).
+VERSIONS = ["1.0", "1.0-1", "1.0~rc1", "1.0~rc1-1", "1.0+b1", "1.0a", "1.0.1", "1.00",
+            "2.0~~", "2.0~", "2.0", "1.0-1.1", "1.0-10", "6.1.0-28", "6.1.0-9",
+            "6.12.57+deb13", "6.12.9+deb13", "6.1.0-28-amd64", "6.1.0-9-amd64",
+            "6.1.0-10-cloud-amd64", "6.12.57+deb13-amd64", "6.12.57~rc1+deb13-amd64"]
 
 
-def test_debian_order_agrees_with_dpkg():
+def test_release_order_agrees_with_dpkg():
+    """compare_part and newest (what the plan picks with) against dpkg itself.
+
+    A release is compared as one string; dpkg compares ``<release>-0`` the
+    same way (upstream part: the whole release; revisions equal)."""
     pairs = list(itertools.combinations(VERSIONS, 2))
-    script = "".join(f"dpkg --compare-versions '{a}' lt '{b}' && echo lt || "
-                     f"{{ dpkg --compare-versions '{a}' eq '{b}' && echo eq || echo gt; }}\n"
+    script = "".join(f"dpkg --compare-versions '{a}-0' lt '{b}-0' && echo lt || "
+                     f"{{ dpkg --compare-versions '{a}-0' eq '{b}-0' && echo eq || echo gt; }}\n"
                      for a, b in pairs)
     answers = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
                              check=True).stdout.split()
     for (a, b), answer in zip(pairs, answers, strict=True):
-        r = debversion.compare(a, b)
+        r = debversion.compare_part(a, b)
         assert {"lt": r < 0, "eq": r == 0, "gt": r > 0}[answer], (a, b, answer, r)
+        if answer != "eq":
+            assert debversion.newest([a, b]) == debversion.newest([b, a]) == \
+                (b if answer == "lt" else a), (a, b, answer)
 
 
 def test_newest_kernel_release():
