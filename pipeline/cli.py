@@ -165,22 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
                            help="a triple's manifest (or any of its files)")
         check.set_defaults(run=run_check)
 
-    _fleet_options(commands.add_parser(
-        "publish", help="publish the inventory's machines (boot files, disks, tgt)",
-        description="publish the inventory's machines (boot files, disks, tgt)"),
-        named=False, apply=True)
-    _fleet_options(commands.add_parser(
-        "gc", help="remove published files no machine uses any more",
-        description="remove published files no machine uses any more"),
-        named=False, apply=False)
-    _fleet_options(commands.add_parser(
-        "reprovision", help="give one machine a fresh disk; keep the old one as a backup",
-        description="give one machine a fresh disk; keep the old one as a backup"),
-        named=True, apply=True)
-    _fleet_options(commands.add_parser(
-        "remove-backup", help="remove the backup disk reprovision kept",
-        description="remove the backup disk reprovision kept"),
-        named=True, apply=False)
+    # (command, what it does, takes a machine NAME, takes --apply)
+    for name, summary, named, apply in (
+            ("publish", "publish the inventory's machines (boot files, disks, tgt)", False, True),
+            ("gc", "remove published files no machine uses any more", False, False),
+            ("reprovision", "give one machine a fresh disk; keep the old one as a backup", True, True),
+            ("remove-backup", "remove the backup disk reprovision kept", True, False)):
+        _fleet_options(commands.add_parser(name, help=summary, description=summary),
+                       named=named, apply=apply)
 
     lab = commands.add_parser(
         "lab", help="boot a triple as a diskless machine in a network namespace",
