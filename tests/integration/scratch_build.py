@@ -118,3 +118,19 @@ def debugfs_cat(image: Path, path: str) -> str:
     """The text of ``path`` inside the ext4 ``image``, read without mounting it."""
     return subprocess.run(["debugfs", "-R", f"cat {path}", str(image)], capture_output=True,
                           text=True, check=True).stdout
+
+
+def boot_ready(lab, bound: float, **boot_args):
+    """Boot a machine in ``lab``; return (guest, seconds to multi-user).
+
+    Fails the test with the console's tail if multi-user is not reached
+    within ``bound`` seconds (the machine is stopped first).
+    """
+    guest = lab.boot(**boot_args)
+    try:
+        seconds = guest.wait_ready(bound)
+    except TimeoutError:
+        tail = guest.console_text()[-4000:]
+        guest.close()
+        pytest.fail(f"no multi-user target within {bound}s; console tail:\n{tail}")
+    return guest, seconds

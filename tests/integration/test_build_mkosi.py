@@ -4,13 +4,17 @@ The recipe (recipes/trixie-mkosi.yaml, one flavour) is built in a scratch
 project of its own (``out/it-mkosi/``), once per module; the tests read that
 build.  Everything after the base tree is the same code as for mmdebstrap,
 so the checks are those of the default build: fit, audit, manifest, plus
-what the base tree must be whichever tool made it.
+what the base tree must be whichever tool made it, and the boot proof of
+tests/integration/test_lab.py's first test in short: multi-user in the lab
+within the same bound, the root on the multipath map with both paths
+active, a clean poweroff.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -18,13 +22,18 @@ import pytest
 
 from pipeline.build import bootstrappers, kernel
 from pipeline.build.bootstrappers import base_tree, mkosi
-from scratch_build import (SCRATCH, assert_checks_pass, doit_in, make_single_recipe_project,
-                           manifest_in, steps_run)
+from pipeline.lab.namespace import Lab
+from pipeline.naming import Triple
+from scratch_build import (SCRATCH, assert_checks_pass, boot_ready, doit_in,
+                           make_single_recipe_project, manifest_in, steps_run)
 
 IMAGE, FLAVOUR = "trixie-mkosi", "amd64"
 TASK = f"build:{IMAGE}-{FLAVOUR}"
 PROJECT_DIR = SCRATCH.with_name(SCRATCH.name + "-mkosi")
 BASE = PROJECT_DIR / "out/work" / IMAGE / "base"
+# test_lab.py's bounds (TCG, 2 cores): the mkosi triple must boot as fast.
+BOOT_BOUND = 300
+POWEROFF_BOUND = 60
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +62,26 @@ def test_the_manifest_names_mkosi_and_the_same_package_set_as_the_recipe(mkosi_m
                     "initramfs-tools", "openssh-server"):
         assert package in manifest["packages"], package
     assert manifest["parts"]["root"]["label"] == "debian-root"
+
+
+def test_the_triple_boots_in_the_lab_with_its_root_on_two_paths(mkosi_manifest, tmp_path):
+    with Lab(Triple.from_manifest(mkosi_manifest), tmp_path / "lab") as lab:
+        guest, seconds = boot_ready(lab, BOOT_BOUND, name="mkosi")
+        try:
+            console = guest.console_text()
+            status = re.search(r"open-iscsi-boot: root (/dev/dm-\d+) .*paths (\d)/(\d) active",
+                               console)
+            assert status, console[-3000:]
+            assert status.group(2) == status.group(3) == "2"
+            root = guest.check("findmnt -n -o SOURCE /")
+            assert root.startswith(("/dev/mapper/", "/dev/dm-")), root
+            assert guest.check("lsblk -n -o TYPE $(findmnt -n -o SOURCE /)").strip() == "mpath"
+            assert guest.wait_paths(2, 60) is not None, guest.check("multipath -ll")
+            took = guest.poweroff(POWEROFF_BOUND)
+            assert took is not None, "poweroff did not complete"
+        finally:
+            guest.close()
+    print(f"\nmkosi triple: multi-user after {seconds:.1f}s, poweroff {took:.1f}s")
 
 
 def test_the_base_tree_is_what_every_bootstrapper_gives(mkosi_manifest):
