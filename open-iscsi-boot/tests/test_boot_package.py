@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -503,7 +504,11 @@ def test_hook_generic_initramfs(tmp_path):
     assert chap_dir.stat().st_mode & 0o777 == 0o700
     assert (dest / "usr/share/open-iscsi-boot/lib.sh").read_text() == LIB.read_text()
     assert (dest / "etc/iscsi/iscsid.conf").read_text() == (PKG / "conf/iscsid.conf").read_text()
-    assert "find_multipaths greedy" in (dest / "etc/multipath/conf.d/open-iscsi-boot.conf").read_text()
+    multipath_conf = (dest / "etc/multipath/conf.d/open-iscsi-boot.conf").read_text()
+    assert "find_multipaths greedy" in multipath_conf
+    # one path at a time: iSCSI gateways in front of one RBD image must not share writes
+    assert re.search(r"^\s*path_grouping_policy failover$", multipath_conf, re.M)
+    assert re.search(r"^\s*failback manual$", multipath_conf, re.M)
     for binary in ("usr/sbin/iscsid", "usr/sbin/iscsiadm"):
         assert os.access(dest / binary, os.X_OK), binary
     # no iproute2: the NIC of a path comes from ipconfig's net-<dev>.conf

@@ -106,21 +106,31 @@ def chap_initrd(user: str, password: str) -> bytes:
 NO_ADDRESS = "255.255.255.255"
 
 
+def tgt_header(title: str) -> list[str]:
+    """The opening lines of every tgt configuration publish makes."""
+    return [f"# {title}",
+            "# Made by publish; edits are overwritten.  Holds CHAP secrets: keep it mode 0600.",
+            f"# initiator-address {NO_ADDRESS} matches no initiator: it only stops tgt-admin",
+            "# from allowing every address, so that initiator-name is what admits a machine.",
+            "default-driver iscsi", ""]
+
+
+def tgt_access(derived: Derived, password: str) -> list[str]:
+    """The lines of a target that admit its machine alone (name ACL and CHAP)."""
+    return [f"initiator-address {NO_ADDRESS}",
+            f"initiator-name {derived.initiator}",
+            f"incominguser {derived.chap_user} {password}"]
+
+
 def tgt_config(inventory_path: Path, entries: list[tuple[Machine, Derived, str]]) -> str:
     """tgt's targets.conf: one target per machine, open only to that
     machine's initiator name with its CHAP password."""
-    lines = [f"# iSCSI targets of the fleet in {inventory_path}, one per machine.",
-             "# Made by publish; edits are overwritten.  Holds CHAP secrets: keep it mode 0600.",
-             f"# initiator-address {NO_ADDRESS} matches no initiator: it only stops tgt-admin",
-             "# from allowing every address, so that initiator-name is what admits a machine.",
-             "default-driver iscsi", ""]
+    lines = tgt_header(f"iSCSI targets of the fleet in {inventory_path}, one per machine.")
     for machine, derived, password in entries:
         lines += [f"# {machine.name} ({derived.mac})",
                   f"<target {derived.target}>",
                   f"    backing-store {derived.disk}",
-                  f"    initiator-address {NO_ADDRESS}",
-                  f"    initiator-name {derived.initiator}",
-                  f"    incominguser {derived.chap_user} {password}",
+                  *(f"    {line}" for line in tgt_access(derived, password)),
                   "</target>", ""]
     return "\n".join(lines)
 

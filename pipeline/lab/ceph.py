@@ -120,8 +120,13 @@ def free_port(address: str = "127.0.0.1") -> int:
 
 def start(base: Path, *, pool: str = "fleet", client_id: str = "fleet",
           netns: str | None = None, address: str = "127.0.0.1",
-          memstore_bytes: int = 1 << 30, timeout: float = START_TIMEOUT) -> Cluster:
-    """Make and start a cluster in ``base`` (which must be empty or absent)."""
+          memstore_bytes: int = 1 << 30, timeout: float = START_TIMEOUT,
+          options: dict[str, str] | None = None) -> Cluster:
+    """Make and start a cluster in ``base`` (which must be empty or absent).
+
+    ``options`` are more ``[global]`` settings (name -> value), e.g. the
+    watch time-out the gateway lab shortens.
+    """
     runner.require_tools(TOOLS + (["ip"] if netns else []))
     base = base.resolve()
     if base.exists() and any(base.iterdir()):
@@ -134,6 +139,10 @@ def start(base: Path, *, pool: str = "fleet", client_id: str = "fleet",
     conf.write_text(CONF.format(fsid=uuid.uuid4(), address=address, port=port, base=base,
                                 memstore_bytes=memstore_bytes, client_id=client_id,
                                 keyring=keyring), encoding="utf-8")
+    if options:
+        text = conf.read_text(encoding="utf-8")
+        more = "".join(f"{name} = {value}\n" for name, value in sorted(options.items()))
+        conf.write_text(text.replace("\n[client.admin]", f"{more}\n[client.admin]", 1), encoding="utf-8")
     cluster = Cluster(base, conf, client_id, keyring, pool, netns)
     try:
         _start_mon(cluster, address, port)
