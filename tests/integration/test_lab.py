@@ -16,6 +16,7 @@ import pytest
 
 from pipeline.lab.namespace import INITIATOR_IQN, PORTALS as LAB_PORTALS, TARGET_IQN, Lab
 from pipeline.naming import Triple
+import scratch_build
 
 BOOT_BOUND = 300
 PATH_BOUND = 120
@@ -31,14 +32,7 @@ def lab(built, tmp_path_factory):
 
 
 def boot_ready(lab, **kwargs):
-    guest = lab.boot(**kwargs)
-    try:
-        seconds = guest.wait_ready(BOOT_BOUND)
-    except TimeoutError:
-        tail = guest.console_text()[-4000:]
-        guest.close()
-        pytest.fail(f"no multi-user target within {BOOT_BOUND}s; console tail:\n{tail}")
-    return guest, seconds
+    return scratch_build.boot_ready(lab, BOOT_BOUND, **kwargs)
 
 
 def assert_sessions_adopted(guest, timeout: float = 60) -> None:
